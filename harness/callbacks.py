@@ -1,0 +1,22 @@
+"""Hydra callback: render the paper-style tables after a multirun sweep."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class RenderTables(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from harness.report import render
+
+        try:
+            written = render(Path(config.results_dir))
+            log.info("tables: %s", ", ".join(str(p) for p in written.values()))
+        except Exception as err:  # noqa: BLE001 - the runs and their records are already safe
+            log.warning("rendering tables failed (%s: %s); run python -m harness.report", type(err).__name__, err)

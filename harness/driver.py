@@ -1,0 +1,87 @@
+"""Finds the quantizable layers of a decoder-only model and drives a method over them.
+
+Generic over transformers' LLaMA-like decoders (LLaMA, Mistral, Qwen2, ...): the decoder layers
+are the ``nn.ModuleList`` with ``config.num_hidden_layers`` entries, and the quantized layers are
+the ``nn.Linear`` modules inside them. Embeddings and ``lm_head`` stay in full precision, as in
+GPTQ and APTQ.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from torch import nn
+
+from harness.method import Method
+from harness.quant import QuantSpec, average_bits
+
+log = logging.getLogger(__name__)
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return (path, ModuleList) of the decoder layers of a causal LM."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n and len(mod) > 0:
+            return path, mod
+    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no ModuleList of {n} layers)")
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """All ``nn.Linear`` modules inside the decoder layers, by full module path, in model order."""
+    path, layers = decoder_layers(model)
+    out: dict[str, nn.Linear] = {}
+    for i, block in enumerate(layers):
+        for sub, mod in block.named_modules():
+            if isinstance(mod, nn.Linear):
+                out[f"{path}.{i}.{sub}"] = mod
+    return out
+
+
+def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dict[str, Any]:
+    """Quantize ``model`` in place with a method that needs no calibration data.
+
+    Emits ``harness_layer_quantized`` per layer and phase hooks for progress. Returns the summary
+    that goes into the record: bit plan, average bits, per-layer info.
+    """
+    layers = linear_layers(model)
+    plan = method.plan_bits(layers) if method.quantizes else {}
+    specs = {name: method.spec(bits) for name, bits in plan.items()}
+    for name, spec in specs.items():  # fail on a bad group size before any work is done
+        spec.groups(layers[name].in_features, name)
+    per_layer: dict[str, dict[str, Any]] = {}
+    hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
+    t0 = time.perf_counter()
+    for name, spec in specs.items():
+        layer = layers[name]
+        info = method.quantize_layer(name, layer, spec)
+        info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **info}
+        per_layer[name] = info
+        hook.harness_layer_quantized(run=run, name=name, info=info)
+        hook.harness_phase_advance(run=run, phase="quantize", advance=1)
+    hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
+    return summarize(layers, specs, per_layer)
+
+
+def summarize(
+    layers: dict[str, nn.Linear], specs: dict[str, QuantSpec], per_layer: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Average bits over the decoder's linear weights (unquantized ones count as 16 bits)."""
+    shapes = [(layers[n].out_features, layers[n].in_features, s) for n, s in specs.items()]
+    n_total = sum(m.weight.numel() for m in layers.values())
+    n_quant = sum(o * i for o, i, _ in shapes)
+    if n_quant:
+        bits, bits_overhead = average_bits(shapes)
+    else:
+        bits = bits_overhead = 16.0
+    # Weights left in fp16 (none for the uniform methods) count at 16 bits.
+    frac = n_quant / n_total if n_total else 0.0
+    return {
+        "avg_bits": bits * frac + 16.0 * (1 - frac),
+        "avg_bits_with_overhead": bits_overhead * frac + 16.0 * (1 - frac),
+        "quantized_params": n_quant,
+        "linear_params": n_total,
+        "bit_plan": {n: s.bits for n, s in specs.items()},
+        "layers": per_layer,
+    }

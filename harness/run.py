@@ -1,0 +1,179 @@
+"""One run: load → quantize → evaluate every task → one record. Independent of Hydra.
+
+``execute(config)`` takes the resolved config as a plain dict (the CLI passes Hydra's), so runs
+can be embedded and tested without the CLI.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.data import resolve_data_dir
+from harness.driver import quantize_model
+from harness.errors import ConfigError
+from harness.method import Method, build_config
+from harness.model import ModelConfig, load_model
+from harness.plugins import Plugins, make_plugins
+from harness.quant import check_bits
+from harness.records import (
+    SCHEMA_VERSION,
+    completed,
+    git_commit,
+    make_run_id,
+    package_versions,
+)
+from harness.task import Task, TaskEnv
+from harness.windows import CalibrationSpec
+
+log = logging.getLogger(__name__)
+
+KNOBS = ("bits", "group_size", "sym", "ratio")
+
+
+@dataclass
+class RunContext:
+    """What observers see of a run. ``state`` is scratch space for observers (keyed by plugin)."""
+
+    run_id: str
+    config: dict[str, Any]
+    results_dir: Path
+    identity: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu or auto")
+    return name
+
+
+def validate_knobs(cfg: dict[str, Any]) -> None:
+    ratio = cfg.get("ratio")
+    if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+        raise ConfigError(f"ratio={ratio} is outside [0, 1]; it is the fraction of weights kept at 4 bits")
+    check_bits(cfg.get("bits"))
+    if not isinstance(cfg.get("seed"), int):
+        raise ConfigError(f"seed={cfg.get('seed')!r} must be an integer")
+
+
+def ignored_overrides(overrides: list[str], method: Method) -> list[str]:
+    """Top-level knobs the user set on the command line that the chosen method does not use."""
+    out = []
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if key in KNOBS and key not in method.knobs:
+            out.append(f"{ov} does not apply to method {method.name} (it uses: "
+                       f"{', '.join(sorted(method.knobs)) or 'none'}); the run is the same without it")
+    return out
+
+
+def build(cfg: dict[str, Any], plugins: Plugins) -> tuple[Method, list[Task], TaskEnv, CalibrationSpec | None]:
+    """Validate the config and instantiate the method and the tasks (no heavy work)."""
+    validate_knobs(cfg)
+    method_opts = dict(cfg["method"])
+    method = plugins.methods.get(method_opts.pop("name")).from_options(method_opts)
+    if not cfg.get("task"):
+        raise ConfigError(f"no task selected; choose some of: {', '.join(plugins.tasks.names())}")
+    cache_dir = Path(cfg["cache_dir"]).expanduser()
+    env = TaskEnv(data_dir=resolve_data_dir(cfg.get("data_dir")), cache_dir=cache_dir,
+                  device=resolve_device(cfg.get("device", "auto")))
+    tasks = [plugins.tasks.get(name).from_options(dict(opts or {}), env) for name, opts in cfg["task"].items()]
+    calib = build_config(CalibrationSpec, dict(cfg["calibration"]), "calibration") if method.needs_calibration \
+        else None
+    return method, tasks, env, calib
+
+
+def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[str] | None = None) -> dict:
+    """Run one configuration end to end and return its record (or the existing complete one)."""
+    plugins = plugins or make_plugins()
+    hook = plugins.hook
+    method, tasks, env, calib = build(cfg, plugins)
+    model_cfg = build_config(ModelConfig, dict(cfg["model"]), "model")
+    warnings = ignored_overrides(list(overrides or []), method)
+    for w in warnings:
+        log.warning(w)
+    g = getattr(method.config, "group_size", -1)
+    q41 = model_cfg.source_grid.get("group_size")
+    if method.quantizes and q41 and 0 < g <= q41 and q41 % g == 0:
+        warnings.append(f"group_size={g} re-finds the {model_cfg.source_grid.get('format')} grid the model's "
+                        f"weights were stored on (groups of {q41}): every method looks better than it is")
+        log.warning(warnings[-1])
+
+    identity = {
+        "model": {k: v for k, v in cfg["model"].items()},
+        "method": {"name": method.name, **vars(method.config)},
+        "tasks": {t.name: t.protocol() for t in tasks},
+        "calibration": vars(calib) if calib else None,
+        "profile": cfg["profile"]["name"],
+        "seed": cfg["seed"],
+    }
+    results_dir = Path(cfg["results_dir"]).expanduser()
+    run_id = make_run_id(model_cfg.name, f"{method.label()} w{cfg['method'].get('bits', 16)}", identity)
+    if not cfg.get("force") and (done := completed(results_dir, run_id)):
+        log.info("skipping %s: a complete record exists (force=true runs it again)", run_id)
+        return done
+
+    run = RunContext(run_id=run_id, config=cfg, results_dir=results_dir, identity=identity)
+    torch.manual_seed(cfg["seed"])
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    model, tokenizer, model_info = load_model(model_cfg, env.device, env.cache_dir, seed=cfg["seed"])
+    timings["load"] = time.perf_counter() - t0
+    if env.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    hook.harness_run_start(run=run)
+
+    t0 = time.perf_counter()
+    quant = quantize_model(model, method, hook, run)
+    timings["quantize"] = time.perf_counter() - t0
+
+    metrics: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        t0 = time.perf_counter()
+        metrics[task.name] = task.evaluate(model, tokenizer, hook, run)
+        timings[f"eval_{task.name}"] = time.perf_counter() - t0
+        hook.harness_task_result(run=run, task=task.name, metrics=metrics[task.name])
+    timings["total"] = time.perf_counter() - t_start
+
+    record = {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "complete",
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_info,
+        "method": {"name": method.name, "label": method.label(), "options": vars(method.config)},
+        "profile": cfg["profile"]["name"],
+        "protocol": identity["tasks"],
+        "calibration": vars(calib) if calib else None,
+        "seed": cfg["seed"],
+        "data_dir": str(env.data_dir) if env.data_dir else "huggingface",
+        "device": env.device,
+        "quantization": quant,
+        "metrics": metrics,
+        "timings_s": timings,
+        "peak_memory_mb": peak_memory(env.device),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "warnings": warnings,
+        "overrides": list(overrides or []),
+        "config": cfg,
+    }
+    hook.harness_run_end(run=run, record=record)
+    return record
+
+
+def peak_memory(device: str) -> dict[str, float]:
+    out = {"cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    if device.startswith("cuda"):
+        out["cuda_allocated"] = torch.cuda.max_memory_allocated() / 2**20
+    return out

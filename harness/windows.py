@@ -1,0 +1,125 @@
+"""Token windows, cut exactly as GPTQ's ``datautils.py`` cuts them, and the cached calibration set.
+
+- ``sequential_windows``: WikiText-2 evaluation. Rows joined with "\\n\\n", tokenized once,
+  non-overlapping ``seqlen`` windows, tail dropped.
+- ``random_doc_windows``: C4 evaluation and C4 calibration. ``random.seed(seed)``; repeat: draw a
+  document index with ``random.randint(0, len(docs) - 1)`` until its token count exceeds
+  ``seqlen``, then draw a start with ``random.randint(0, len - seqlen - 1)``. (GPTQ's evaluation
+  loop accepts ``len >= seqlen``, but for ``len == seqlen`` its start draw ``randint(0, -1)``
+  raises, so ``>`` gives the same windows whenever the reference runs.)
+- ``random_text_windows``: WikiText-2 calibration: one tokenized text, random starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from harness.data import Corpus, load_corpus
+from harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def encode(tokenizer, text: str) -> torch.Tensor:
+    """Token ids of ``text`` as a 1-D int64 tensor (the tokenizer's default special tokens)."""
+    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+
+def sequential_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
+    """(n, seqlen) non-overlapping windows of the 1-D ``ids``; the tail is dropped."""
+    n = ids.numel() // seqlen
+    if max_windows is not None:
+        n = min(n, max_windows)
+    if n == 0:
+        raise ConfigError(f"text has {ids.numel()} tokens, fewer than one window of seqlen={seqlen}")
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+def random_doc_windows(docs: list[str], tokenizer, n: int, seqlen: int, seed: int) -> torch.Tensor:
+    """(n, seqlen) windows drawn as in GPTQ's ``get_c4`` (see the module docstring)."""
+    cache: dict[int, torch.Tensor] = {}
+    rng = random.Random(seed)  # same stream as random.seed(seed); no global state touched
+    out = []
+    tries = 0
+    for _ in range(n):
+        while True:
+            i = rng.randint(0, len(docs) - 1)
+            if i not in cache:
+                cache[i] = encode(tokenizer, docs[i])
+            tries += 1
+            if cache[i].numel() > seqlen:
+                break
+            if tries > 100 * len(docs):
+                raise ConfigError(f"documents longer than seqlen={seqlen} tokens are too rare; lower the seqlen")
+        ids = cache[i]
+        start = rng.randint(0, ids.numel() - seqlen - 1)
+        out.append(ids[start : start + seqlen])
+    return torch.stack(out)
+
+
+def random_text_windows(ids: torch.Tensor, n: int, seqlen: int, seed: int) -> torch.Tensor:
+    """(n, seqlen) windows at random starts of one token stream (GPTQ's ``get_wikitext2`` train)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        start = rng.randint(0, ids.numel() - seqlen - 1)
+        out.append(ids[start : start + seqlen])
+    return torch.stack(out)
+
+
+def joined_ids(corpus: Corpus, tokenizer) -> torch.Tensor:
+    return encode(tokenizer, "\n\n".join(corpus.docs))
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Which calibration windows a calibrated method sees. Recorded in every such run."""
+
+    source: str = "c4"  # c4 (docs disjoint from C4 evaluation) | wikitext2 (validation split)
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in ("c4", "wikitext2"):
+            raise ConfigError(f"calibration.source={self.source!r} is unknown; use c4 or wikitext2")
+        if self.nsamples < 1 or self.seqlen < 2:
+            raise ConfigError("calibration.nsamples must be ≥ 1 and calibration.seqlen ≥ 2")
+
+
+def calibration_windows(
+    spec: CalibrationSpec, tokenizer, data_dir: Path | None, cache_dir: Path
+) -> tuple[torch.Tensor, dict]:
+    """(nsamples, seqlen) calibration token windows, cached on disk by their parameters.
+
+    Never drawn from WikiText-2 test or from the C4 evaluation documents. Returns the windows
+    and a description for the record (source corpus, its hash, the cache key).
+    """
+    corpus = load_corpus("c4_calib" if spec.source == "c4" else "wikitext2_valid", data_dir)
+    key_src = json.dumps(
+        {**asdict(spec), "corpus": corpus.sha256(), "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer)},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    path = cache_dir / "calibration" / f"{spec.source}-{spec.nsamples}x{spec.seqlen}-s{spec.seed}-{key}.pt"
+    info = {**asdict(spec), "corpus": corpus.name, "corpus_source": corpus.source,
+            "corpus_sha256": corpus.sha256(), "cache_key": key}
+    if path.is_file():
+        return torch.load(path), info
+    if spec.source == "c4":
+        windows = random_doc_windows(corpus.docs, tokenizer, spec.nsamples, spec.seqlen, spec.seed)
+    else:
+        windows = random_text_windows(joined_ids(corpus, tokenizer), spec.nsamples, spec.seqlen, spec.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(windows, tmp)
+    os.replace(tmp, path)
+    log.info("cached calibration windows at %s", path)
+    return windows, info

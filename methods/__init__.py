@@ -1,0 +1,1 @@
+"""Built-in quantization methods; each module is one pluggy plugin."""

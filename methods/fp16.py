@@ -1,0 +1,44 @@
+"""Full-precision baseline: the model as loaded, no layer quantized.
+
+The name follows the papers' tables ("FP16"); on a CPU the model runs in its load dtype
+(fp32 by default, see ``model.dtype``), which the record states.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from harness.hookspecs import hookimpl
+from harness.method import Method
+from harness.quant import QuantSpec
+
+
+@dataclass
+class Fp16Config:
+    pass
+
+
+class Fp16(Method):
+    name = "fp16"
+    Config = Fp16Config
+    knobs = frozenset()
+
+    @property
+    def quantizes(self) -> bool:
+        return False
+
+    def label(self) -> str:
+        return "FP16"
+
+    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+        return {}
+
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+        raise RuntimeError("fp16 quantizes nothing")
+
+
+@hookimpl
+def harness_register_methods(register):
+    register(Fp16)

@@ -1,0 +1,1 @@
+"""Built-in evaluation tasks; each module is one pluggy plugin."""

@@ -1,0 +1,122 @@
+"""Perplexity on WikiText-2 (test) and C4 (validation), GPTQ's protocol.
+
+Per window of ``seqlen`` tokens: the mean next-token cross-entropy over its ``seqlen − 1``
+predictions; ppl = exp(mean over windows). This is GPTQ's ``llama_eval`` (``nll = loss · seqlen``,
+``ppl = exp(Σ nll / (n · seqlen))``). Each window is evaluated independently (no cache, no
+context carried over).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.data import Corpus, load_corpus
+from harness.errors import ConfigError
+from harness.hookspecs import hookimpl
+from harness.task import Task
+from harness.windows import joined_ids, random_doc_windows, sequential_windows
+
+
+@dataclass
+class PerplexityConfig:
+    seqlen: int = 2048
+    n_windows: int | None = None  # WikiText-2: first n windows (None = all); C4: n random windows
+    batch_size: int = 1
+    seed: int = 0  # C4 window sampling (GPTQ: random.seed(0))
+
+    def __post_init__(self) -> None:
+        if self.seqlen < 2:
+            raise ConfigError(f"seqlen={self.seqlen} must be at least 2")
+        if self.n_windows is not None and self.n_windows < 1:
+            raise ConfigError(f"n_windows={self.n_windows} must be ≥ 1 or null")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be ≥ 1")
+
+
+@torch.no_grad()
+def window_nlls(model, windows: torch.Tensor, batch_size: int, device: str, on_batch=None) -> torch.Tensor:
+    """Mean next-token NLL of each window: (n, seqlen) int64 → (n,) float64."""
+    out = []
+    for b in range(0, windows.shape[0], batch_size):
+        ids = windows[b : b + batch_size].to(device)  # (B, T)
+        logits = model(input_ids=ids, use_cache=False).logits.float()  # (B, T, V)
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+        ).view(ids.shape[0], -1)  # (B, T-1)
+        out.append(loss.mean(dim=1).double().cpu())
+        if on_batch:
+            on_batch(ids.shape[0])
+    return torch.cat(out)
+
+
+class _Perplexity(Task):
+    Config = PerplexityConfig
+    primary = "ppl"
+    lower_is_better = True
+    corpus: str
+
+    def windows(self, text: Corpus, tokenizer) -> torch.Tensor:
+        """The (n, seqlen) evaluation windows."""
+        raise NotImplementedError
+
+    def n_windows(self) -> int | None:
+        return self.config.n_windows
+
+    def protocol(self) -> dict[str, Any]:
+        c = self.config
+        return {"name": f"gptq-ppl-{self.name}", "seqlen": c.seqlen, "n_windows": self.n_windows(),
+                "corpus": self.corpus, **({"seed": c.seed} if self.name == "c4" else {})}
+
+    def evaluate(self, model, tokenizer, hook, run) -> dict[str, Any]:
+        text = load_corpus(self.corpus, self.env.data_dir)
+        windows = self.windows(text, tokenizer)  # (n, seqlen)
+        phase = f"eval {self.name}"
+        hook.harness_phase_start(run=run, phase=phase, total=windows.shape[0])
+        t0 = time.perf_counter()
+        nll = window_nlls(
+            model, windows, self.config.batch_size, self.env.device,
+            on_batch=lambda k: hook.harness_phase_advance(run=run, phase=phase, advance=k),
+        )
+        seconds = time.perf_counter() - t0
+        hook.harness_phase_end(run=run, phase=phase, seconds=seconds)
+        return {
+            "ppl": math.exp(nll.mean().item()),
+            "nll": nll.mean().item(),
+            "windows": windows.shape[0],
+            "tokens": windows.numel(),
+            "tokens_per_s": windows.numel() / seconds,
+            "text_sha256": text.sha256(),
+            "text_source": text.source,
+            "tokens_sha256": hashlib.sha256(windows.numpy().tobytes()).hexdigest(),
+        }
+
+
+class WikiText2(_Perplexity):
+    name = "wikitext2"
+    corpus = "wikitext2_test"
+
+    def windows(self, text: Corpus, tokenizer) -> torch.Tensor:
+        return sequential_windows(joined_ids(text, tokenizer), self.config.seqlen, self.config.n_windows)
+
+
+class C4(_Perplexity):
+    name = "c4"
+    corpus = "c4_eval"
+
+    def n_windows(self) -> int:
+        return self.config.n_windows or 256  # GPTQ's full protocol
+
+    def windows(self, text: Corpus, tokenizer) -> torch.Tensor:
+        return random_doc_windows(text.docs, tokenizer, self.n_windows(), self.config.seqlen, self.config.seed)
+
+
+@hookimpl
+def harness_register_tasks(register):
+    register(WikiText2)
+    register(C4)

@@ -1,0 +1,56 @@
+"""Shared fixtures. Tests read real data from ../shared/data (or $HARNESS_DATA) and cache the
+converted default model under $HARNESS_CACHE (default ~/.cache/quant-harness)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from harness.cli import CONF_DIR
+from harness.data import resolve_data_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = resolve_data_dir(None)
+    if d is None:
+        pytest.skip("no local data directory (set HARNESS_DATA or put shared/data beside the checkout)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", "~/.cache/quant-harness")).expanduser()
+
+
+def compose_cfg(overrides: list[str]) -> dict:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """A fast config: tiny random LLaMA, 2 windows of 64 tokens per task, no W&B."""
+
+    def make(*overrides: str) -> dict:
+        return compose_cfg([
+            "model=tiny_llama", "wandb.mode=disabled", f"results_dir={tmp_path / 'results'}",
+            "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2", "profile.calib_samples=4",
+            *overrides,
+        ])
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd or REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)

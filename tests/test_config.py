@@ -1,0 +1,62 @@
+"""Every config option composes, resolves, and builds its method and tasks."""
+from pathlib import Path
+
+import pytest
+from conftest import compose_cfg
+
+from harness.cli import CONF_DIR
+from harness.method import build_config
+from harness.model import ModelConfig
+from harness.plugins import make_plugins
+from harness.run import build
+
+GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
+          for g in ("model", "method", "profile", "task")}
+
+
+@pytest.mark.parametrize("method", GROUPS["method"])
+@pytest.mark.parametrize("profile", GROUPS["profile"])
+def test_every_method_and_profile_composes_and_builds(method, profile):
+    cfg = compose_cfg([f"method={method}", f"profile={profile}"])
+    m, tasks, _, _ = build(cfg, make_plugins())
+    assert m.name == method
+    assert {t.name for t in tasks} == {"wikitext2", "c4"}
+    for t in tasks:
+        assert t.config.seqlen == cfg["profile"]["seqlen"]
+
+
+@pytest.mark.parametrize("model", GROUPS["model"])
+def test_every_model_config_validates(model):
+    extra = ["model.path=some/model"] if model == "hf" else []
+    cfg = compose_cfg([f"model={model}", *extra])
+    mc = build_config(ModelConfig, cfg["model"], "model")
+    assert mc.name
+
+
+@pytest.mark.parametrize("task", GROUPS["task"])
+def test_each_task_alone(task):
+    cfg = compose_cfg([f"task=[{task}]"])
+    _, tasks, _, _ = build(cfg, make_plugins())
+    assert [t.name for t in tasks] == [task]
+
+
+def test_top_level_knobs_reach_the_method():
+    cfg = compose_cfg(["method=rtn", "bits=3", "group_size=64", "sym=true"])
+    assert cfg["method"] == {"name": "rtn", "bits": 3, "group_size": 64, "sym": True}
+    m, _, _, _ = build(cfg, make_plugins())
+    assert (m.config.bits, m.config.group_size, m.config.sym) == (3, 64, True)
+
+
+def test_paper_profile_is_the_full_protocol():
+    cfg = compose_cfg(["profile=paper"])
+    assert cfg["task"]["wikitext2"]["seqlen"] == 2048 and cfg["task"]["wikitext2"]["n_windows"] is None
+    assert cfg["task"]["c4"]["n_windows"] == 256
+    assert cfg["calibration"] == {"source": "c4", "nsamples": 128, "seqlen": 2048, "seed": 0}
+
+
+def test_unknown_method_option_is_a_clear_error():
+    from harness.errors import ConfigError
+
+    cfg = compose_cfg(["+method.blocksize=64"])
+    with pytest.raises(ConfigError, match="method 'rtn' has no option 'blocksize'"):
+        build(cfg, make_plugins())
