@@ -60,3 +60,12 @@ def test_unknown_method_option_is_a_clear_error():
     cfg = compose_cfg(["+method.blocksize=64"])
     with pytest.raises(ConfigError, match="method 'rtn' has no option 'blocksize'"):
         build(cfg, make_plugins())
+
+
+def test_experiment_configs_compose_as_sweeps():
+    from hydra import compose, initialize_config_dir
+
+    for exp in sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"experiment={exp}"], return_hydra_config=True)
+        assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params, exp

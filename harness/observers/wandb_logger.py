@@ -40,7 +40,8 @@ def harness_run_start(run):
         run.state[KEY] = {
             "run": wandb.init(project=opts.get("project", "quant-harness"), entity=opts.get("entity"),
                               mode=opts.get("mode", "offline"), dir=str(run.results_dir), name=run.run_id,
-                              config=run.config, reinit="finish_previous"),
+                              config=run.config, reinit="finish_previous",
+                              settings=wandb.Settings(quiet=opts.get("quiet", True))),
             "layers": [],
         }
     except Exception as err:  # noqa: BLE001
