@@ -66,7 +66,7 @@ class Method(ABC):
         return QuantSpec(bits=bits, group_size=getattr(cfg, "group_size", -1), sym=getattr(cfg, "sym", False))
 
     def add_batch(self, name: str, X: torch.Tensor) -> None:  # noqa: B027 - optional hook
-        """Accumulate statistics from the inputs ``X`` (tokens, d_in) of layer ``name``."""
+        """Accumulate statistics from the inputs ``X`` (B, T, d_in) of layer ``name``."""
 
     def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
         """Bits for every quantized layer; the default is uniform ``config.bits``."""

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.fp16",
     "methods.rtn",
+    "methods.gptq",
     "tasks.perplexity",
     "harness.observers.records",
     "harness.observers.console",

@@ -29,8 +29,9 @@ from harness.records import (
     make_run_id,
     package_versions,
 )
+from harness.sequential import quantize_sequential
 from harness.task import Task, TaskEnv
-from harness.windows import CalibrationSpec
+from harness.windows import CalibrationSpec, calibration_windows
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,13 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
         torch.cuda.reset_peak_memory_stats()
     hook.harness_run_start(run=run)
 
+    calib_info = None
     t0 = time.perf_counter()
-    quant = quantize_model(model, method, hook, run)
+    if calib is not None:
+        windows, calib_info = calibration_windows(calib, tokenizer, env.data_dir, env.cache_dir)
+        quant = quantize_sequential(model, method, windows, env.device, hook, run)
+    else:
+        quant = quantize_model(model, method, hook, run)
     timings["quantize"] = time.perf_counter() - t0
 
     metrics: dict[str, dict[str, Any]] = {}
@@ -154,7 +160,7 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
         "method": {"name": method.name, "label": method.label(), "options": vars(method.config)},
         "profile": cfg["profile"]["name"],
         "protocol": identity["tasks"],
-        "calibration": vars(calib) if calib else None,
+        "calibration": calib_info,
         "seed": cfg["seed"],
         "data_dir": str(env.data_dir) if env.data_dir else "huggingface",
         "device": env.device,

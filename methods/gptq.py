@@ -1,0 +1,159 @@
+"""GPTQ (Frantar et al., 2023): second-order, column-by-column quantization with the inverse Hessian.
+
+Follows the reference ``gptq.py`` of IST-DASLab/gptq:
+- ``add_batch``: ``H = 2/n Σ_b X_b X_bᵀ`` over calibration sequences b (n counts sequences);
+- dead inputs (``H_jj = 0``) get ``H_jj = 1`` and a zero weight column;
+- optional ``act_order``: columns in order of decreasing ``diag(H)``;
+- dampening ``percdamp · mean(diag H)``; ``Hinv`` = upper Cholesky factor of ``H⁻¹``;
+- blocks of ``blocksize`` columns, each column quantized, its error ``Err = (w − q) / Hinv_jj``
+  spread over the block's remaining columns, then a lazy batch update of the columns after it;
+- ``group_size``: grid parameters found on the (partly updated) weights when a group starts, or,
+  with ``static_groups``, on the original weights before any update.
+Deviation: if the Cholesky factorization fails, damping is raised ×10 (up to 6 times) and the
+number of retries is recorded, instead of crashing.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigError
+from harness.hookspecs import hookimpl
+from harness.method import Method
+from harness.quant import QuantSpec, check_bits, find_params, quantize, relative_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GptqConfig:
+    bits: int = 4
+    group_size: int = -1
+    sym: bool = False
+    percdamp: float = 0.01
+    blocksize: int = 128
+    act_order: bool = False
+    static_groups: bool = False
+    true_sequential: bool = False
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        QuantSpec(self.bits, self.group_size, self.sym)
+        if not 0 < self.percdamp < 1:
+            raise ConfigError(f"percdamp={self.percdamp} must be in (0, 1)")
+        if self.blocksize < 1:
+            raise ConfigError(f"blocksize={self.blocksize} must be ≥ 1")
+
+
+def inverse_hessian_factor(H: torch.Tensor, percdamp: float, retries: int = 6) -> tuple[torch.Tensor, int]:
+    """Upper Cholesky factor of (H + λI)⁻¹ with λ = percdamp · mean(diag H); raises λ on failure."""
+    damp = percdamp * torch.mean(torch.diag(H))
+    idx = torch.arange(H.shape[0], device=H.device)
+    for attempt in range(retries + 1):
+        Hd = H.clone()
+        Hd[idx, idx] += damp * (10**attempt)
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if info == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info == 0:
+                return U, attempt
+    raise RuntimeError(f"Cholesky failed even with damping ×1e{retries}")
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqConfig) -> tuple[torch.Tensor, dict]:
+    """Quantize ``W`` (d_out, d_in) against Hessian ``H`` (d_in, d_in); return ``Q`` and stats."""
+    W = W.clone().float()
+    H = H.clone()
+    d_out, d_in = W.shape
+    g = spec.group_size
+    scale, zero = find_params(W, spec.bits, spec.sym)  # per-channel grid (d_out, 1), before dead columns
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    groups = []
+    if g != -1 and cfg.static_groups:
+        groups = [find_params(W[:, c : c + g], spec.bits, spec.sym) for c in range(0, d_in, g)]
+    perm = None
+    if cfg.act_order:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    Hinv, retries = inverse_hessian_factor(H, cfg.percdamp)
+    Q = torch.zeros_like(W)
+    Losses = torch.zeros_like(W)
+    B = cfg.blocksize
+    for i1 in range(0, d_in, B):
+        i2 = min(i1 + B, d_in)
+        W1 = W[:, i1:i2].clone()  # (d_out, count)
+        Q1, Err1, Losses1 = torch.zeros_like(W1), torch.zeros_like(W1), torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w, d = W1[:, i], Hinv1[i, i]
+            if g != -1:
+                col = i1 + i
+                if cfg.static_groups:
+                    scale, zero = groups[(int(perm[col]) if perm is not None else col) // g]
+                elif col % g == 0:
+                    scale, zero = find_params(W[:, col : col + g], spec.bits, spec.sym)
+            q = quantize(w.unsqueeze(1), scale, zero, spec.maxq).flatten()  # (d_out,)
+            Q1[:, i] = q
+            Losses1[:, i] = (w - q) ** 2 / d**2
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        Q[:, i1:i2] = Q1
+        Losses[:, i1:i2] = Losses1 / 2
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])  # lazy batch update of the later columns
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    return Q, {"loss": float(Losses.sum()), "damp_retries": retries}
+
+
+class Gptq(Method):
+    name = "gptq"
+    Config = GptqConfig
+    knobs = frozenset({"bits", "group_size", "sym"})
+    needs_calibration = True
+
+    def __init__(self, config: GptqConfig) -> None:
+        super().__init__(config)
+        self.H: dict[str, torch.Tensor] = {}  # per layer: (d_in, d_in) float32
+        self.nsamples: dict[str, int] = {}
+
+    def label(self) -> str:
+        c = self.config
+        tags = [f"g{c.group_size}" if c.group_size != -1 else "", "act" if c.act_order else "",
+                "ts" if c.true_sequential else "", "sym" if c.sym else ""]
+        return " ".join(["GPTQ", *[t for t in tags if t]])
+
+    def add_batch(self, name: str, X: torch.Tensor) -> None:
+        X = X.unsqueeze(0) if X.dim() == 2 else X  # (B, T, d_in)
+        b = X.shape[0]
+        n = self.nsamples.get(name, 0)
+        H = self.H.get(name)
+        if H is None:
+            H = torch.zeros(X.shape[-1], X.shape[-1], device=X.device, dtype=torch.float32)
+        H *= n / (n + b)
+        n += b
+        Xt = (2 / n) ** 0.5 * X.reshape(-1, X.shape[-1]).t().float()  # (d_in, B·T)
+        H += Xt.matmul(Xt.t())
+        self.H[name], self.nsamples[name] = H, n
+
+    @torch.no_grad()
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+        W = layer.weight.data  # (d_out, d_in)
+        H = self.H.pop(name)
+        self.nsamples.pop(name)
+        Q, stats = gptq_quantize(W, H, spec, self.config)
+        err = relative_error(W, Q)
+        layer.weight.data.copy_(Q.to(W.dtype))
+        return {"err": err, **stats}
+
+
+@hookimpl
+def harness_register_methods(register):
+    register(Gptq)
