@@ -39,6 +39,25 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return out
 
 
+def plan_specs(method: Method, layers: dict[str, nn.Linear]) -> dict[str, QuantSpec]:
+    """The method's bit plan as specs; a bad group size fails here, before any work is done."""
+    plan = method.plan_bits(layers) if method.quantizes else {}
+    specs = {name: method.spec(bits) for name, bits in plan.items()}
+    for name, spec in specs.items():
+        spec.groups(layers[name].in_features, name)
+    return specs
+
+
+def quantize_one(method: Method, name: str, layer: nn.Linear, spec: QuantSpec,
+                 per_layer: dict[str, dict[str, Any]], hook: Any, run: Any) -> None:
+    """Quantize one layer, keep its info for the record and tell the observers."""
+    info = method.quantize_layer(name, layer, spec)
+    info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **info}
+    per_layer[name] = info
+    hook.harness_layer_quantized(run=run, name=name, info=info)
+    hook.harness_phase_advance(run=run, phase="quantize", advance=1)
+
+
 def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dict[str, Any]:
     """Quantize ``model`` in place with a method that needs no calibration data.
 
@@ -46,20 +65,12 @@ def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dic
     that goes into the record: bit plan, average bits, per-layer info.
     """
     layers = linear_layers(model)
-    plan = method.plan_bits(layers) if method.quantizes else {}
-    specs = {name: method.spec(bits) for name, bits in plan.items()}
-    for name, spec in specs.items():  # fail on a bad group size before any work is done
-        spec.groups(layers[name].in_features, name)
+    specs = plan_specs(method, layers)
     per_layer: dict[str, dict[str, Any]] = {}
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
     t0 = time.perf_counter()
     for name, spec in specs.items():
-        layer = layers[name]
-        info = method.quantize_layer(name, layer, spec)
-        info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **info}
-        per_layer[name] = info
-        hook.harness_layer_quantized(run=run, name=name, info=info)
-        hook.harness_phase_advance(run=run, phase="quantize", advance=1)
+        quantize_one(method, name, layers[name], spec, per_layer, hook, run)
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
     return summarize(layers, specs, per_layer)
 

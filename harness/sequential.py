@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.driver import decoder_layers, linear_layers, summarize
+from harness.driver import decoder_layers, linear_layers, plan_specs, quantize_one, summarize
 from harness.method import Method
 
 STAGES = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
@@ -96,10 +96,7 @@ def quantize_sequential(
     """Quantize ``model`` in place, layer by layer, with calibration ``windows`` (n, seqlen)."""
     path, layers = decoder_layers(model)
     all_linear = linear_layers(model)
-    plan = method.plan_bits(all_linear)
-    specs = {name: method.spec(bits) for name, bits in plan.items()}
-    for name, spec in specs.items():
-        spec.groups(all_linear[name].in_features, name)
+    specs = plan_specs(method, all_linear)
     true_seq = bool(getattr(method.config, "true_sequential", False))
 
     hook.harness_phase_start(run=run, phase="calibrate", total=None)
@@ -126,12 +123,7 @@ def quantize_sequential(
                 for h in handles:
                     h.remove()
             for name, mod in full.items():
-                info = method.quantize_layer(name, mod, specs[name])
-                info = {"bits": specs[name].bits, "group_size": specs[name].group_size,
-                        "numel": mod.weight.numel(), **info}
-                per_layer[name] = info
-                hook.harness_layer_quantized(run=run, name=name, info=info)
-                hook.harness_phase_advance(run=run, phase="quantize", advance=1)
+                quantize_one(method, name, mod, specs[name], per_layer, hook, run)
         inps = _run_layer(layer, inps, kwargs)  # the quantized layer's outputs feed the next one
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
     return summarize(all_linear, specs, per_layer)
