@@ -93,6 +93,8 @@ def summarize(
         "avg_bits_with_overhead": bits_overhead * frac + 16.0 * (1 - frac),
         "quantized_params": n_quant,
         "linear_params": n_total,
+        "bits_fraction": {str(b): sum(o * i for o, i, s in shapes if s.bits == b) / n_quant
+                          for b in sorted({s.bits for *_, s in shapes}, reverse=True)} if n_quant else {},
         "bit_plan": {n: s.bits for n, s in specs.items()},
         "layers": per_layer,
     }

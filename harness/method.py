@@ -7,6 +7,13 @@ A method is a class with
   interpolates, so an override of a knob it does not use is reported instead of silently ignored;
 - ``add_batch(name, X)``: statistics hook (calibrated methods accumulate e.g. a Hessian from the
   layer inputs ``X``); RTN needs none;
+- ``collect(block, modules, inps, kwargs)``: how the layer-by-layer driver feeds ``add_batch`` for
+  some linear ``modules`` of one decoder ``block``; the default runs the block over the calibration
+  inputs with forward hooks (GPTQ). A method whose statistics need more than a layer's inputs
+  (APTQ: gradients of the attention output) overrides it;
+- ``needs_sensitivity`` / ``layer_sensitivity`` / ``sensitivity_key``: mixed-precision methods get a
+  first pass over the full-precision model (``harness.sensitivity``) whose per-layer scores reach
+  ``plan_bits`` through ``self.sensitivities``;
 - ``plan_bits(layers)``: the per-layer bit plan (mixed precision methods override it);
 - ``quantize_layer(name, layer, spec)``: replace ``layer.weight`` by its quantized version and
   return per-layer info for the record.
@@ -36,6 +43,15 @@ def build_config(cls: type, options: dict[str, Any], what: str) -> Any:
         raise ConfigError(f"{what}: {err}") from None
 
 
+def run_block(block: nn.Module, inps: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    """Run one decoder block over the calibration inputs ``inps`` (n, T, d), one window at a time."""
+    outs = torch.empty_like(inps)
+    for j in range(inps.shape[0]):
+        out = block(inps[j : j + 1], **kwargs)
+        outs[j] = out[0] if isinstance(out, tuple) else out
+    return outs
+
+
 class Method(ABC):
     """Base class of quantization methods (see the module docstring)."""
 
@@ -47,6 +63,37 @@ class Method(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        #: per-layer sensitivity scores from the first pass (mixed-precision methods only)
+        self.sensitivities: dict[str, float] | None = None
+
+    @property
+    def needs_sensitivity(self) -> bool:
+        """True when ``plan_bits`` needs ``self.sensitivities`` (a first full-precision pass)."""
+        return False
+
+    def sensitivity_key(self) -> dict[str, Any]:
+        """The options the sensitivities depend on (with the model and calibration: the cache key)."""
+        return {}
+
+    def layer_sensitivity(self, name: str, layer: nn.Linear) -> float:
+        """Sensitivity of ``layer`` from the statistics ``add_batch`` collected; frees them."""
+        raise NotImplementedError(f"method {self.name} has no sensitivity")
+
+    @torch.no_grad()
+    def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
+                kwargs: dict[str, Any]) -> None:
+        """Feed ``add_batch`` with the inputs of ``modules`` (full name → module) of ``block``.
+
+        ``inps`` (n, T, d) are the block's calibration inputs, ``kwargs`` its captured keyword
+        arguments. Default: one pass of the block with forward hooks on the modules.
+        """
+        handles = [mod.register_forward_hook(lambda _m, inp, _out, name=name: self.add_batch(name, inp[0].data))
+                   for name, mod in modules.items()]
+        try:
+            run_block(block, inps, kwargs)
+        finally:
+            for h in handles:
+                h.remove()
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Method:

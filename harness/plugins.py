@@ -20,6 +20,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.fp16",
     "methods.rtn",
     "methods.gptq",
+    "methods.aptq",
     "tasks.perplexity",
     "harness.observers.records",
     "harness.observers.console",

@@ -118,7 +118,9 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
         "seed": cfg["seed"],
     }
     results_dir = Path(cfg["results_dir"]).expanduser()
-    run_id = make_run_id(model_cfg.name, f"{method.label()} w{cfg['method'].get('bits', 16)}", identity)
+    # mixed-precision methods carry their bit budget (ratio) in the label already
+    tag = method.label() if "ratio" in method.knobs else f"{method.label()} w{cfg['method'].get('bits', 16)}"
+    run_id = make_run_id(model_cfg.name, tag, identity)
     if not cfg.get("force") and (done := completed(results_dir, run_id)):
         log.info("skipping %s: a complete record exists (force=true runs it again)", run_id)
         return done
@@ -138,7 +140,9 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
     t0 = time.perf_counter()
     if calib is not None:
         windows, calib_info = calibration_windows(calib, tokenizer, env.data_dir, env.cache_dir)
-        quant = quantize_sequential(model, method, windows, env.device, hook, run)
+        model_key = {"model": identity["model"], "seed": cfg["seed"]}  # the seed matters for random-init models
+        quant = quantize_sequential(model, method, windows, env.device, hook, run,
+                                    cache_dir=env.cache_dir, model_key=model_key)
     else:
         quant = quantize_model(model, method, hook, run)
     timings["quantize"] = time.perf_counter() - t0

@@ -17,13 +17,15 @@ at a time.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from harness.driver import decoder_layers, linear_layers, plan_specs, quantize_one, summarize
-from harness.method import Method
+from harness.method import Method, run_block
+from harness.sensitivity import cached_sensitivities, windows_hash
 
 STAGES = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 DROP_KWARGS = ("past_key_value", "past_key_values", "use_cache", "layer_past")
@@ -81,28 +83,35 @@ def stages(names: list[str], true_sequential: bool) -> list[list[str]]:
     return out + ([rest] if rest else [])
 
 
-def _run_layer(layer: nn.Module, inps: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    outs = torch.empty_like(inps)
-    for j in range(inps.shape[0]):
-        out = layer(inps[j : j + 1], **kwargs)
-        outs[j] = out[0] if isinstance(out, tuple) else out
-    return outs
+_run_layer = run_block  # kept for callers of the old name
 
 
 @torch.no_grad()
 def quantize_sequential(
-    model: nn.Module, method: Method, windows: torch.Tensor, device: str, hook: Any, run: Any
+    model: nn.Module, method: Method, windows: torch.Tensor, device: str, hook: Any, run: Any,
+    cache_dir: Path | None = None, model_key: Any = None,
 ) -> dict[str, Any]:
-    """Quantize ``model`` in place, layer by layer, with calibration ``windows`` (n, seqlen)."""
+    """Quantize ``model`` in place, layer by layer, with calibration ``windows`` (n, seqlen).
+
+    A method that ``needs_sensitivity`` first gets its per-layer scores from a full-precision pass
+    (``harness.sensitivity``; cached under ``cache_dir`` by ``model_key``, the windows and the
+    method's options), then plans its bits from them.
+    """
     path, layers = decoder_layers(model)
     all_linear = linear_layers(model)
-    specs = plan_specs(method, all_linear)
     true_seq = bool(getattr(method.config, "true_sequential", False))
 
     hook.harness_phase_start(run=run, phase="calibrate", total=None)
     t0 = time.perf_counter()
     inps, kwargs = capture_inputs(model, windows, device)  # (n, T, d)
     hook.harness_phase_end(run=run, phase="calibrate", seconds=time.perf_counter() - t0)
+
+    sensitivity = None
+    if method.needs_sensitivity:
+        key = {"model": model_key, "windows_sha256": windows_hash(windows)}
+        sensitivity = cached_sensitivities(model, method, inps, kwargs, key, cache_dir, hook, run)
+        method.sensitivities = sensitivity["scores"]
+    specs = plan_specs(method, all_linear)
 
     per_layer: dict[str, dict[str, Any]] = {}
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
@@ -113,17 +122,13 @@ def quantize_sequential(
             full = {f"{path}.{i}.{n}": local[n] for n in group if f"{path}.{i}.{n}" in specs}
             if not full:
                 continue
-            handles = [
-                mod.register_forward_hook(lambda _m, inp, _out, name=name: method.add_batch(name, inp[0].data))
-                for name, mod in full.items()
-            ]
-            try:
-                _run_layer(layer, inps, kwargs)
-            finally:
-                for h in handles:
-                    h.remove()
+            method.collect(layer, full, inps, kwargs)
             for name, mod in full.items():
                 quantize_one(method, name, mod, specs[name], per_layer, hook, run)
-        inps = _run_layer(layer, inps, kwargs)  # the quantized layer's outputs feed the next one
+        inps = run_block(layer, inps, kwargs)  # the quantized layer's outputs feed the next one
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
-    return summarize(all_linear, specs, per_layer)
+    summary = summarize(all_linear, specs, per_layer)
+    if sensitivity is not None:
+        summary["sensitivity"] = {"cached": sensitivity["cached"], "seconds": sensitivity["seconds"],
+                                  "scores": sensitivity["scores"]}
+    return summary

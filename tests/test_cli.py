@@ -10,7 +10,7 @@ TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "prof
 
 def test_bad_inputs_give_one_line_errors(tmp_path):
     cases = {
-        "method=nope": "unknown method 'nope'; known: fp16, gptq, rtn",
+        "method=nope": "unknown method 'nope'; known: aptq, fp16, gptq, rtn",
         "ratio=1.5": "ratio=1.5 is outside [0, 1]",
         "bits=5": "bits=5 is not supported; choose one of 2, 3, 4, 8",
         f"data_dir={tmp_path}/missing": f"data directory {tmp_path}/missing (from data_dir) does not exist",
@@ -67,6 +67,6 @@ def test_multirun_sweep_and_report(tmp_path):
 
 def test_help_and_cfg_job():
     res = run_cli("harness", "--help")
-    assert res.returncode == 0 and "method: fp16, gptq, rtn" in res.stdout
+    assert res.returncode == 0 and "method: aptq, fp16, gptq, rtn" in res.stdout
     res = run_cli("harness", "--cfg", "job", "method=rtn", "bits=2")
     assert res.returncode == 0 and "bits: 2" in res.stdout

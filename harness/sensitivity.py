@@ -1,0 +1,79 @@
+"""First pass of mixed-precision methods: per-layer sensitivities of the full-precision model.
+
+The scores depend only on the full-precision model, the calibration windows and the method's
+sensitivity options, so they are cached on disk under ``<cache_dir>/sensitivity/`` keyed by a hash
+of exactly those: a sweep over ``ratio`` computes them once. The pass reuses the layer-by-layer
+machinery of the quantization pass (``Method.collect``), but nothing is quantized: every block's
+full-precision outputs feed the next block.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.driver import decoder_layers
+from harness.method import Method, run_block
+from harness.records import canonical_hash, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def windows_hash(windows: torch.Tensor) -> str:
+    """SHA-256 of the calibration token ids (n, seqlen): the calibration set, exactly."""
+    return hashlib.sha256(windows.to(torch.int64).cpu().numpy().tobytes()).hexdigest()
+
+
+@torch.no_grad()
+def sensitivity_pass(model: nn.Module, method: Method, inps: torch.Tensor, kwargs: dict[str, Any],
+                     hook: Any, run: Any) -> dict[str, float]:
+    """Score every linear layer of the decoder with ``method.layer_sensitivity`` (model order)."""
+    path, layers = decoder_layers(model)
+    scores: dict[str, float] = {}
+    hook.harness_phase_start(run=run, phase="sensitivity", total=len(layers))
+    t0 = time.perf_counter()
+    for i, block in enumerate(layers):
+        modules = {f"{path}.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+        method.collect(block, modules, inps, kwargs)
+        for name, mod in modules.items():
+            scores[name] = float(method.layer_sensitivity(name, mod))
+        inps = run_block(block, inps, kwargs)  # full precision: nothing was quantized
+        hook.harness_phase_advance(run=run, phase="sensitivity", advance=1)
+    hook.harness_phase_end(run=run, phase="sensitivity", seconds=time.perf_counter() - t0)
+    return scores
+
+
+def sensitivity_cache_path(cache_dir: Path, key: dict[str, Any]) -> Path:
+    return Path(cache_dir) / "sensitivity" / f"{canonical_hash(key)[:20]}.json"
+
+
+def cached_sensitivities(model: nn.Module, method: Method, inps: torch.Tensor, kwargs: dict[str, Any],
+                         key: dict[str, Any], cache_dir: Path | None, hook: Any, run: Any) -> dict[str, Any]:
+    """Sensitivities from the cache, or computed by ``sensitivity_pass`` and cached (atomically).
+
+    ``key`` must identify the model and the calibration windows; the method's
+    ``sensitivity_key()`` is added here. Returns ``{"scores", "cached", "seconds", "key"}``.
+    """
+    key = {**key, "method": method.name, "options": method.sensitivity_key()}
+    path = sensitivity_cache_path(cache_dir, key) if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            log.warning("ignoring unreadable sensitivity cache %s (%s); recomputing", path, err)
+        else:
+            if stored.get("key") == json.loads(json.dumps(key, default=str)):
+                log.info("sensitivities from cache %s", path)
+                return {"scores": stored["scores"], "cached": True, "seconds": stored.get("seconds"), "key": key}
+    t0 = time.perf_counter()
+    scores = sensitivity_pass(model, method, inps, kwargs, hook, run)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        write_atomic(path, {"key": key, "scores": scores, "seconds": seconds})
+    return {"scores": scores, "cached": False, "seconds": seconds, "key": key}

@@ -1,0 +1,240 @@
+"""APTQ (Guan et al., DAC 2024): attention-aware Hessians and Hessian-trace 2/4-bit mixed precision.
+
+**1. Attention-aware Hessian (q/k/v).** GPTQ minimises each layer's own output error
+``‖W X − Ŵ X‖²``; APTQ minimises the error of the attention block's output
+``E = ‖F(W) − F(Ŵ)‖²`` with ``F = MHA(X)`` = the output of ``o_proj`` (before the residual add).
+For one projection ``y_t = W x_t`` (token t; ``W`` is (d_out, d_in)), ``∂F/∂W_ij = Σ_t J_t[:, i] x_tj``
+with ``J_t = ∂F/∂y_t`` (all of F's entries × d_out). ``E`` has a zero gradient at ``Ŵ = W``, so to
+second order ``E ≈ δwᵀ JᵀJ δw`` (Gauss–Newton / Levenberg–Marquardt: ``H = 2 JᵀJ``, damped as in
+GPTQ), a (d_out·d_in)² matrix that couples rows and tokens. To run GPTQ's solver unchanged it is
+reduced to its d_in × d_in form by keeping
+
+- the token-diagonal terms (t = t'), and
+- the output-side trace: the (i, i') block is replaced by ``δ_ii' · tr(J_tᵀJ_t) / d_out``,
+
+which gives ``H = 2/n Σ_b Σ_t s_bt x_bt x_btᵀ`` with ``s_t = ‖J_t‖²_F / d_out`` (n = number of
+calibration windows, as in GPTQ). ``‖J_t‖²_F`` is estimated with Rademacher probes ``v`` over F's
+entries: ``E_v ‖∂(v·F)/∂y_t‖² = ‖J_t‖²_F`` (``probes`` backward passes per window, autograd through
+RoPE, softmax and the value mixing). Checks: for ``o_proj`` (F = y) ``J_t = I`` so ``s_t = 1`` and
+H is GPTQ's H exactly (that is why o_proj, like the MLP layers, uses GPTQ's H); with ``s_t = 1``
+everywhere the method is GPTQ. ``tests/test_aptq.py`` checks on a tiny attention block that
+``tr(δW H δWᵀ)`` tracks the true ``ΔE`` better than GPTQ's H does.
+
+**2. Hessian-trace mixed precision.** Sensitivity of a layer = ``tr(H) / d_in`` (the paper's average
+Hessian trace), from a first pass over the full-precision model (``harness.sensitivity``, cached).
+Layers are ranked high → low and, in that order, get ``high_bits`` (4) while the 4-bit weights stay
+within ``ratio`` of all quantized weights; a layer that would overshoot is skipped (gets 2 bits) and
+the scan goes on, so the achieved fraction is the largest one ≤ ``ratio`` this greedy finds (recorded
+in ``bits_fraction``). Average bits = 4·R + 2·(1−R). ``sensitivity=trace_x_err`` weighs the trace by
+the 2-bit RTN error ``‖Q₂(W) − W‖²`` (HAWQ-v2); ``random`` is a seeded random ranking (control).
+``hessian=layer`` uses GPTQ's H everywhere (ablation: "GPTQ + trace allocation").
+
+Deviations from the slides, which leave them open: which reduction of JᵀJ (above); greedy
+skip-fill to meet ``ratio`` with whole layers; the quantization pass recomputes H on the
+quantized model's propagated inputs (GPTQ's sequential procedure) while the sensitivities come from
+the full-precision model (so they can be cached and shared across ratios).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigError
+from harness.hookspecs import hookimpl
+from harness.quant import rtn
+from methods.gptq import Gptq, GptqConfig
+
+ATTN_PROJ = ("q_proj", "k_proj", "v_proj")
+HESSIANS = ("attention", "layer")
+SENSITIVITIES = ("trace", "trace_x_err", "random")
+
+
+@dataclass
+class AptqConfig:
+    ratio: float = 1.0  # fraction of quantized weights at high_bits; the rest at low_bits
+    high_bits: int = 4
+    low_bits: int = 2
+    group_size: int = -1
+    sym: bool = False
+    hessian: str = "attention"  # attention (APTQ) | layer (GPTQ's H everywhere: ablation)
+    sensitivity: str = "trace"  # trace | trace_x_err | random
+    probes: int = 4  # Rademacher probes per calibration window for s_t
+    seed: int = 0  # probes and the random allocation
+    # GPTQ solver options (methods.gptq), same defaults
+    percdamp: float = 0.01
+    blocksize: int = 128
+    act_order: bool = False
+    static_groups: bool = False
+    true_sequential: bool = False
+
+    def __post_init__(self) -> None:
+        for bits in (self.high_bits, self.low_bits):
+            GptqConfig(bits, self.group_size, self.sym, self.percdamp, self.blocksize)  # same validation
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio <= 1:
+            raise ConfigError(f"ratio={self.ratio} is outside [0, 1]; it is the fraction of weights at "
+                              f"{self.high_bits} bits")
+        if self.low_bits >= self.high_bits:
+            raise ConfigError(f"low_bits={self.low_bits} must be below high_bits={self.high_bits}")
+        if self.hessian not in HESSIANS:
+            raise ConfigError(f"hessian={self.hessian!r} is unknown; choose one of {', '.join(HESSIANS)}")
+        if self.sensitivity not in SENSITIVITIES:
+            raise ConfigError(f"sensitivity={self.sensitivity!r} is unknown; choose one of {', '.join(SENSITIVITIES)}")
+        if self.probes < 1:
+            raise ConfigError(f"probes={self.probes} must be ≥ 1")
+
+
+class _Stop(Exception):
+    """Raised by the o_proj hook: the rest of the block is not needed for the attention Hessian."""
+
+
+def allocate(scores: dict[str, float], numel: dict[str, int], ratio: float, high: int, low: int) -> dict[str, int]:
+    """Greedy 2/4 plan: most sensitive first get ``high`` bits within ``ratio`` of the weights."""
+    total = sum(numel.values())
+    budget, used = ratio * total, 0
+    order = sorted(numel, key=lambda n: -scores[n])  # stable: ties keep model order
+    plan = {}
+    for name in order:
+        if used + numel[name] <= budget * (1 + 1e-12):
+            plan[name], used = high, used + numel[name]
+        else:
+            plan[name] = low
+    return {name: plan[name] for name in numel}  # model order
+
+
+def random_scores(names: list[str], seed: int) -> dict[str, float]:
+    """A seeded random ranking, independent of the model (the control allocation)."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(zip(names, torch.rand(len(names), generator=g).tolist(), strict=True))
+
+
+def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Linear, x: torch.Tensor,
+                    kwargs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Run ``block`` on one window ``x`` (1, T, d) up to ``o_proj``'s output F, differentiably.
+
+    Each projection's output ``y = W x`` is replaced by a detached leaf that requires grad, so
+    ``autograd.grad(F, y)`` gives ∂F/∂y through RoPE, softmax and the value mixing. Returns F
+    (1, T, d_model) and, per projection, (its input x (1, T, d_in), the leaf y (1, T, d_out)).
+    """
+    cap: dict[str, Any] = {}
+
+    def leaf(_m, inp, out, name):
+        y = out.detach().requires_grad_(True)
+        cap[name] = (inp[0].detach(), y)
+        return y
+
+    def stop(_m, _inp, out):
+        cap["F"] = out
+        raise _Stop
+
+    handles = [m.register_forward_hook(lambda mo, i, o, name=n: leaf(mo, i, o, name)) for n, m in attn.items()]
+    handles.append(o_proj.register_forward_hook(stop))
+    try:
+        with torch.enable_grad():
+            block(x, **kwargs)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if "F" not in cap:
+        raise RuntimeError(f"{type(block).__name__} did not reach o_proj; cannot form the attention Hessian")
+    return cap.pop("F"), cap
+
+
+class Aptq(Gptq):
+    name = "aptq"
+    Config = AptqConfig
+    knobs = frozenset({"ratio", "group_size", "sym"})
+
+    def label(self) -> str:
+        c = self.config
+        base = "APTQ" if c.ratio == 1 else f"APTQ-{round(100 * c.ratio)}%"
+        tags = [f"g{c.group_size}" if c.group_size != -1 else "", "act" if c.act_order else "",
+                "ts" if c.true_sequential else "", "sym" if c.sym else "",
+                "H-layer" if c.hessian == "layer" else "",
+                c.sensitivity if c.sensitivity != "trace" and 0 < c.ratio < 1 else ""]
+        return " ".join([base, *[t for t in tags if t]])
+
+    @property
+    def needs_sensitivity(self) -> bool:
+        return 0 < self.config.ratio < 1 and self.config.sensitivity != "random"
+
+    def sensitivity_key(self) -> dict[str, Any]:
+        c = self.config
+        key = {"hessian": c.hessian, "sensitivity": c.sensitivity, "probes": c.probes, "seed": c.seed}
+        if c.sensitivity == "trace_x_err":
+            key.update(low_bits=c.low_bits, group_size=c.group_size, sym=c.sym)
+        return key
+
+    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+        c = self.config
+        if c.ratio in (0, 1):
+            return {n: c.high_bits if c.ratio == 1 else c.low_bits for n in layers}
+        if c.sensitivity == "random":
+            scores = random_scores(list(layers), c.seed)
+        elif self.sensitivities is None:
+            raise RuntimeError("APTQ needs the sensitivity pass before plan_bits (harness.sensitivity)")
+        else:
+            scores = self.sensitivities
+        return allocate(scores, {n: m.weight.numel() for n, m in layers.items()}, c.ratio, c.high_bits, c.low_bits)
+
+    def add_batch(self, name: str, X: torch.Tensor, s: torch.Tensor | None = None) -> None:
+        """``H = 2/n Σ_b Σ_t s_bt x_bt x_btᵀ``; ``s`` (B, T) token weights, GPTQ's H when None."""
+        if s is not None:
+            X = X * s.to(X.dtype).clamp_min(0).sqrt().unsqueeze(-1)  # (B, T, d_in)
+        super().add_batch(name, X)
+
+    def layer_sensitivity(self, name: str, layer: nn.Linear) -> float:
+        H = self.H.pop(name)  # (d_in, d_in)
+        self.nsamples.pop(name)
+        trace = float(torch.diag(H).sum()) / H.shape[0]  # average Hessian trace tr(H)/d_in
+        if self.config.sensitivity == "trace_x_err":
+            W = layer.weight.data.float()  # (d_out, d_in)
+            Q2 = rtn(W, self.spec(self.config.low_bits), layer=name).Q
+            return trace * float(((Q2 - W) ** 2).sum())
+        return trace
+
+    @torch.no_grad()
+    def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
+                kwargs: dict[str, Any]) -> None:
+        attn = {}
+        if self.config.hessian == "attention":
+            attn = {n: m for n, m in modules.items() if n.rsplit(".", 1)[-1] in ATTN_PROJ}
+        if attn:
+            self._collect_attention(block, attn, inps, kwargs)
+        rest = {n: m for n, m in modules.items() if n not in attn}  # o_proj and MLP: GPTQ's H
+        if rest:
+            super().collect(block, rest, inps, kwargs)
+
+    def _collect_attention(self, block: nn.Module, attn: dict[str, nn.Linear], inps: torch.Tensor,
+                           kwargs: dict[str, Any]) -> None:
+        """Accumulate the attention-aware H of the q/k/v projections ``attn`` over the windows."""
+        o_proj = next((m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] == "o_proj"), None)
+        if o_proj is None:
+            raise ConfigError(f"APTQ's attention Hessian needs an o_proj in {type(block).__name__}; "
+                              f"use method.hessian=layer for this model")
+        names = list(attn)
+        # one generator per block, seeded by (seed, first layer name): deterministic, order-independent
+        g = torch.Generator(device=inps.device).manual_seed(self.config.seed * 7919 + zlib.crc32(names[0].encode()))
+        for j in range(inps.shape[0]):
+            F, cap = attention_graph(block, attn, o_proj, inps[j : j + 1], kwargs)
+            ys = [cap[n][1] for n in names]  # each (1, T, d_out)
+            S = [torch.zeros(y.shape[1], dtype=torch.float32, device=y.device) for y in ys]  # (T,) each
+            for p in range(self.config.probes):
+                v = torch.randint(0, 2, F.shape, generator=g, device=F.device).to(F.dtype) * 2 - 1
+                with torch.enable_grad():
+                    grads = torch.autograd.grad(F, ys, grad_outputs=v, retain_graph=p < self.config.probes - 1)
+                for k, gr in enumerate(grads):
+                    S[k] += gr[0].float().pow(2).sum(-1)  # ‖∂(v·F)/∂y_t‖², (T,)
+            for k, n in enumerate(names):
+                s = S[k] / (self.config.probes * attn[n].out_features)  # s_t = ‖J_t‖²_F / d_out, (T,)
+                self.add_batch(n, cap[n][0], s.unsqueeze(0))
+
+
+@hookimpl
+def harness_register_methods(register):
+    register(Aptq)
