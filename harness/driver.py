@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -26,6 +28,17 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if isinstance(mod, nn.ModuleList) and len(mod) == n and len(mod) > 0:
             return path, mod
     raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no ModuleList of {n} layers)")
+
+
+@contextmanager
+def on_device(block: nn.Module, device: str) -> Iterator[nn.Module]:
+    """Run with ``block`` on ``device``, then put it back where it was (one layer at a time)."""
+    home = next(block.parameters()).device
+    block.to(device)
+    try:
+        yield block
+    finally:
+        block.to(home)
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:

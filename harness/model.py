@@ -101,8 +101,13 @@ def load_tokenizer(source: str, cache_dir: Path):
     return AutoTokenizer.from_pretrained(source)
 
 
-def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0) -> tuple[Any, Any, dict]:
-    """Return (model in eval mode on ``device``, tokenizer, info for the record)."""
+def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0,
+               offload: bool = False) -> tuple[Any, Any, dict]:
+    """Return (model in eval mode on ``device``, tokenizer, info for the record).
+
+    ``offload``: the dtype is chosen for ``device`` but the model stays on the CPU (the sequential
+    driver moves one decoder layer at a time).
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = torch_dtype(cfg.dtype, device)
@@ -133,7 +138,7 @@ def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0) ->
         except OSError as err:
             raise ConfigError(f"cannot load model {folder!r}: {str(err).splitlines()[0]}") from None
     model.config.use_cache = False  # evaluation and calibration never carry a KV cache
-    model.eval().to(device)
+    model.eval().to("cpu" if offload else device)
     info["params"] = sum(p.numel() for p in model.parameters())
     info["architecture"] = type(model).__name__
     return model, tokenizer, info

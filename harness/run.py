@@ -130,7 +130,9 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     t0 = time.perf_counter()
-    model, tokenizer, model_info = load_model(model_cfg, env.device, env.cache_dir, seed=cfg["seed"])
+    offload = bool(cfg.get("offload")) and calib is not None and env.device != "cpu"
+    model, tokenizer, model_info = load_model(model_cfg, env.device, env.cache_dir, seed=cfg["seed"],
+                                              offload=offload)
     timings["load"] = time.perf_counter() - t0
     if env.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -146,6 +148,8 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
     else:
         quant = quantize_model(model, method, hook, run)
     timings["quantize"] = time.perf_counter() - t0
+    if offload:
+        model.to(env.device)  # quantized layer by layer on the device; evaluated there as a whole
 
     metrics: dict[str, dict[str, Any]] = {}
     for task in tasks:

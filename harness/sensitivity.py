@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.driver import decoder_layers
+from harness.driver import decoder_layers, on_device
 from harness.method import Method, run_block
 from harness.records import canonical_hash, write_atomic
 
@@ -39,11 +39,12 @@ def sensitivity_pass(model: nn.Module, method: Method, inps: torch.Tensor, kwarg
     hook.harness_phase_start(run=run, phase="sensitivity", total=len(layers))
     t0 = time.perf_counter()
     for i, block in enumerate(layers):
-        modules = {f"{path}.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-        method.collect(block, modules, inps, kwargs)
-        for name, mod in modules.items():
-            scores[name] = float(method.layer_sensitivity(name, mod))
-        inps = run_block(block, inps, kwargs)  # full precision: nothing was quantized
+        with on_device(block, inps.device):
+            modules = {f"{path}.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+            method.collect(block, modules, inps, kwargs)
+            for name, mod in modules.items():
+                scores[name] = float(method.layer_sensitivity(name, mod))
+            inps = run_block(block, inps, kwargs)  # full precision: nothing was quantized
         hook.harness_phase_advance(run=run, phase="sensitivity", advance=1)
     hook.harness_phase_end(run=run, phase="sensitivity", seconds=time.perf_counter() - t0)
     return scores

@@ -12,7 +12,8 @@
    next one.
 
 Only one decoder layer's activations (2 × nsamples × seqlen × hidden) and statistics are alive
-at a time.
+at a time. The model may stay on the CPU (``offload=true``): each decoder layer moves to the
+accelerator only while it is calibrated and quantized, so a 7B model quantizes on one 24 GB GPU.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.driver import decoder_layers, linear_layers, plan_specs, quantize_one, summarize
+from harness.driver import decoder_layers, linear_layers, on_device, plan_specs, quantize_one, summarize
 from harness.method import Method, run_block
 from harness.sensitivity import cached_sensitivities, windows_hash
 
@@ -40,7 +41,7 @@ class Catcher(nn.Module):
 
     def __init__(self, layer: nn.Module, inps: list[torch.Tensor], kwargs: dict[str, Any]) -> None:
         super().__init__()
-        self.layer, self.inps, self.kwargs = layer, inps, kwargs
+        self.inps, self.kwargs = inps, kwargs  # the layer itself is not kept: it must not move with us
         self.attention_type = getattr(layer, "attention_type", None)  # some models read it
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -52,20 +53,29 @@ class Catcher(nn.Module):
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, windows: torch.Tensor, device: str) -> tuple[torch.Tensor, dict]:
-    """Inputs of decoder layer 0 for each window: (n, seqlen, hidden), plus the layer kwargs."""
-    _, layers = decoder_layers(model)
+    """Inputs of decoder layer 0 for each window: (n, seqlen, hidden), plus the layer kwargs.
+
+    If the model is not on ``device`` (offloaded: its layers stay on the CPU), everything but the
+    decoder layers (embeddings, rotary tables, final norm, head) moves to ``device`` for the
+    capture and back afterwards.
+    """
+    path, layers = decoder_layers(model)
     inps: list[torch.Tensor] = []
     kwargs: dict[str, Any] = {}
-    first = layers[0]
-    layers[0] = Catcher(first, inps, kwargs)
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    home = next(model.parameters()).device
+    setattr(parent, attr, nn.ModuleList([Catcher(layers[0], inps, kwargs)]))  # the forward stops at layer 0
     try:
+        model.to(device)
         for j in range(windows.shape[0]):
             try:
                 model(input_ids=windows[j : j + 1].to(device), use_cache=False)
             except _Stop:
                 pass
     finally:
-        layers[0] = first
+        model.to(home)
+        setattr(parent, attr, layers)
     return torch.cat(inps), kwargs
 
 
@@ -117,15 +127,16 @@ def quantize_sequential(
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
     t0 = time.perf_counter()
     for i, layer in enumerate(layers):
-        local = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
-        for group in stages(list(local), true_seq):
-            full = {f"{path}.{i}.{n}": local[n] for n in group if f"{path}.{i}.{n}" in specs}
-            if not full:
-                continue
-            method.collect(layer, full, inps, kwargs)
-            for name, mod in full.items():
-                quantize_one(method, name, mod, specs[name], per_layer, hook, run)
-        inps = run_block(layer, inps, kwargs)  # the quantized layer's outputs feed the next one
+        with on_device(layer, device):
+            local = {n: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+            for group in stages(list(local), true_seq):
+                full = {f"{path}.{i}.{n}": local[n] for n in group if f"{path}.{i}.{n}" in specs}
+                if not full:
+                    continue
+                method.collect(layer, full, inps, kwargs)
+                for name, mod in full.items():
+                    quantize_one(method, name, mod, specs[name], per_layer, hook, run)
+            inps = run_block(layer, inps, kwargs)  # the quantized layer's outputs feed the next one
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
     summary = summarize(all_linear, specs, per_layer)
     if sensitivity is not None:

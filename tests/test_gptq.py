@@ -100,3 +100,23 @@ def test_gptq_end_to_end_on_tiny_models(tiny_cfg):
         assert rec["quantization"]["avg_bits"] == 3.0 and rec["calibration"]["corpus"] == "c4_calib"
         assert len(rec["quantization"]["layers"]) == 14
         assert all(i["damp_retries"] == 0 for i in rec["quantization"]["layers"].values())
+
+
+def test_capture_restores_the_decoder_layers(cache_dir):
+    model, _, _ = load_model(ModelConfig(name="t", random_init={"model_type": "llama", "hidden_size": 32,
+                                                                   "intermediate_size": 64, "num_hidden_layers": 2,
+                                                                   "num_attention_heads": 2}), "cpu", cache_dir)
+    _, before = decoder_layers(model)
+    first = before[0]
+    capture_inputs(model, torch.zeros(2, 8, dtype=torch.long), "cpu")
+    _, after = decoder_layers(model)
+    assert after is before and after[0] is first and len(after) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offloaded_quantization_matches_on_device(tiny_cfg):
+    from harness.run import execute
+
+    a = execute(tiny_cfg("method=gptq", "device=cuda", "task=[wikitext2]"))
+    b = execute(tiny_cfg("method=gptq", "device=cuda", "offload=true", "task=[wikitext2]", "force=true"))
+    assert b["metrics"]["wikitext2"]["ppl"] == pytest.approx(a["metrics"]["wikitext2"]["ppl"], rel=1e-3)
