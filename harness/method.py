@@ -81,16 +81,17 @@ class Method(ABC):
 
     @torch.no_grad()
     def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
-                kwargs: dict[str, Any]) -> None:
+                kwargs: dict[str, Any]) -> torch.Tensor | None:
         """Feed ``add_batch`` with the inputs of ``modules`` (full name → module) of ``block``.
 
         ``inps`` (n, T, d) are the block's calibration inputs, ``kwargs`` its captured keyword
-        arguments. Default: one pass of the block with forward hooks on the modules.
+        arguments. Default: one pass of the block with forward hooks on the modules. Returns the
+        block's outputs (n, T, d) if the pass computed them (the sensitivity pass reuses them), or None.
         """
         handles = [mod.register_forward_hook(lambda _m, inp, _out, name=name: self.add_batch(name, inp[0].data))
                    for name, mod in modules.items()]
         try:
-            run_block(block, inps, kwargs)
+            return run_block(block, inps, kwargs)
         finally:
             for h in handles:
                 h.remove()

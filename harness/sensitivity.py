@@ -41,10 +41,11 @@ def sensitivity_pass(model: nn.Module, method: Method, inps: torch.Tensor, kwarg
     for i, block in enumerate(layers):
         with on_device(block, inps.device):
             modules = {f"{path}.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-            method.collect(block, modules, inps, kwargs)
+            outs = method.collect(block, modules, inps, kwargs)
             for name, mod in modules.items():
                 scores[name] = float(method.layer_sensitivity(name, mod))
-            inps = run_block(block, inps, kwargs)  # full precision: nothing was quantized
+            # full precision, nothing quantized: the collection pass's outputs feed the next block
+            inps = outs if outs is not None else run_block(block, inps, kwargs)
         hook.harness_phase_advance(run=run, phase="sensitivity", advance=1)
     hook.harness_phase_end(run=run, phase="sensitivity", seconds=time.perf_counter() - t0)
     return scores

@@ -62,7 +62,7 @@ class AptqConfig:
     sym: bool = False
     hessian: str = "attention"  # attention (APTQ) | layer (GPTQ's H everywhere: ablation)
     sensitivity: str = "trace"  # trace | trace_x_err | random
-    probes: int = 4  # Rademacher probes per calibration window for s_t
+    probes: int = 2  # Rademacher probes per calibration window for s_t
     seed: int = 0  # probes and the random allocation
     # GPTQ solver options (methods.gptq), same defaults
     percdamp: float = 0.01
@@ -112,12 +112,14 @@ def random_scores(names: list[str], seed: int) -> dict[str, float]:
 
 
 def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Linear, x: torch.Tensor,
-                    kwargs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+                    kwargs: dict[str, Any], full: bool = False
+                    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
     """Run ``block`` on one window ``x`` (1, T, d) up to ``o_proj``'s output F, differentiably.
 
     Each projection's output ``y = W x`` is replaced by a detached leaf that requires grad, so
     ``autograd.grad(F, y)`` gives ∂F/∂y through RoPE, softmax and the value mixing. Returns F
-    (1, T, d_model) and, per projection, (its input x (1, T, d_in), the leaf y (1, T, d_out)).
+    (1, T, d_model), per projection (its input x (1, T, d_in), the leaf y (1, T, d_out)), and with
+    ``full`` the block's output (1, T, d) (the forward then runs to the end instead of stopping).
     """
     cap: dict[str, Any] = {}
 
@@ -126,15 +128,17 @@ def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Lin
         cap[name] = (inp[0].detach(), y)
         return y
 
-    def stop(_m, _inp, out):
+    def at_o_proj(_m, _inp, out):
         cap["F"] = out
-        raise _Stop
+        if not full:
+            raise _Stop
 
     handles = [m.register_forward_hook(lambda mo, i, o, name=n: leaf(mo, i, o, name)) for n, m in attn.items()]
-    handles.append(o_proj.register_forward_hook(stop))
+    handles.append(o_proj.register_forward_hook(at_o_proj))
+    out = None
     try:
         with torch.enable_grad():
-            block(x, **kwargs)
+            out = block(x, **kwargs)
     except _Stop:
         pass
     finally:
@@ -142,7 +146,9 @@ def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Lin
             h.remove()
     if "F" not in cap:
         raise RuntimeError(f"{type(block).__name__} did not reach o_proj; cannot form the attention Hessian")
-    return cap.pop("F"), cap
+    if out is not None:
+        out = (out[0] if isinstance(out, tuple) else out).detach()
+    return cap.pop("F"), cap, out
 
 
 class Aptq(Gptq):
@@ -200,39 +206,53 @@ class Aptq(Gptq):
 
     @torch.no_grad()
     def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
-                kwargs: dict[str, Any]) -> None:
+                kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """q/k/v: attention-aware H; o_proj and MLP: GPTQ's H, collected in the same forward pass."""
         attn = {}
         if self.config.hessian == "attention":
             attn = {n: m for n, m in modules.items() if n.rsplit(".", 1)[-1] in ATTN_PROJ}
-        if attn:
-            self._collect_attention(block, attn, inps, kwargs)
-        rest = {n: m for n, m in modules.items() if n not in attn}  # o_proj and MLP: GPTQ's H
-        if rest:
-            super().collect(block, rest, inps, kwargs)
+        if not attn:
+            return super().collect(block, modules, inps, kwargs)
+        rest = {n: m for n, m in modules.items() if n not in attn}
+        return self._collect_attention(block, attn, inps, kwargs, rest)
 
     def _collect_attention(self, block: nn.Module, attn: dict[str, nn.Linear], inps: torch.Tensor,
-                           kwargs: dict[str, Any]) -> None:
-        """Accumulate the attention-aware H of the q/k/v projections ``attn`` over the windows."""
+                           kwargs: dict[str, Any], rest: dict[str, nn.Linear] | None = None) -> torch.Tensor | None:
+        """Accumulate the attention-aware H of the q/k/v projections ``attn`` over the windows.
+
+        The other modules ``rest`` get GPTQ's H from the same forward pass; then the whole block
+        runs and its outputs (n, T, d) are returned (else the pass stops at o_proj: None).
+        """
         o_proj = next((m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] == "o_proj"), None)
         if o_proj is None:
             raise ConfigError(f"APTQ's attention Hessian needs an o_proj in {type(block).__name__}; "
                               f"use method.hessian=layer for this model")
-        names = list(attn)
+        names, rest = list(attn), rest or {}
+        handles = [m.register_forward_hook(lambda _m, inp, _o, name=n: self.add_batch(name, inp[0].detach()))
+                   for n, m in rest.items()]
+        outs = torch.empty_like(inps) if rest else None
         # one generator per block, seeded by (seed, first layer name): deterministic, order-independent
         g = torch.Generator(device=inps.device).manual_seed(self.config.seed * 7919 + zlib.crc32(names[0].encode()))
-        for j in range(inps.shape[0]):
-            F, cap = attention_graph(block, attn, o_proj, inps[j : j + 1], kwargs)
-            ys = [cap[n][1] for n in names]  # each (1, T, d_out)
-            S = [torch.zeros(y.shape[1], dtype=torch.float32, device=y.device) for y in ys]  # (T,) each
-            for p in range(self.config.probes):
-                v = torch.randint(0, 2, F.shape, generator=g, device=F.device).to(F.dtype) * 2 - 1
-                with torch.enable_grad():
-                    grads = torch.autograd.grad(F, ys, grad_outputs=v, retain_graph=p < self.config.probes - 1)
-                for k, gr in enumerate(grads):
-                    S[k] += gr[0].float().pow(2).sum(-1)  # ‖∂(v·F)/∂y_t‖², (T,)
-            for k, n in enumerate(names):
-                s = S[k] / (self.config.probes * attn[n].out_features)  # s_t = ‖J_t‖²_F / d_out, (T,)
-                self.add_batch(n, cap[n][0], s.unsqueeze(0))
+        try:
+            for j in range(inps.shape[0]):
+                F, cap, out = attention_graph(block, attn, o_proj, inps[j : j + 1], kwargs, full=bool(rest))
+                if outs is not None:
+                    outs[j] = out[0]
+                ys = [cap[n][1] for n in names]  # each (1, T, d_out)
+                S = [torch.zeros(y.shape[1], dtype=torch.float32, device=y.device) for y in ys]  # (T,) each
+                for p in range(self.config.probes):
+                    v = torch.randint(0, 2, F.shape, generator=g, device=F.device).to(F.dtype) * 2 - 1
+                    with torch.enable_grad():
+                        grads = torch.autograd.grad(F, ys, grad_outputs=v, retain_graph=p < self.config.probes - 1)
+                    for k, gr in enumerate(grads):
+                        S[k] += gr[0].float().pow(2).sum(-1)  # ‖∂(v·F)/∂y_t‖², (T,)
+                for k, n in enumerate(names):
+                    s = S[k] / (self.config.probes * attn[n].out_features)  # s_t = ‖J_t‖²_F / d_out, (T,)
+                    self.add_batch(n, cap[n][0], s.unsqueeze(0))
+        finally:
+            for h in handles:
+                h.remove()
+        return outs
 
 
 @hookimpl

@@ -55,7 +55,7 @@ def test_probe_weights_match_the_exact_jacobian_norms(block_and_inputs):
     block, inps, kwargs = block_and_inputs
     x = inps[:1, :8]  # (1, 8, d): one short window keeps the Jacobian small
     k = block.self_attn.k_proj
-    F, cap = attention_graph(block, {"k": k}, block.self_attn.o_proj, x, kwargs_for(kwargs, 8))
+    F, cap, _ = attention_graph(block, {"k": k}, block.self_attn.o_proj, x, kwargs_for(kwargs, 8))
     y = cap["k"][1]  # (1, 8, d_out)
     J = torch.stack([torch.autograd.grad(F.flatten()[i], y, retain_graph=True)[0][0]
                      for i in range(F.numel())])  # (F entries, 8, d_out)
@@ -144,3 +144,17 @@ def test_random_control_and_layer_hessian_ablation_run(tiny_cfg):
     assert "sensitivity" not in rec["quantization"] and rec["method"]["label"] == "APTQ-50% random"
     rec = execute(tiny_cfg("method=aptq", "ratio=1.0", "method.hessian=layer", "task=[wikitext2]"))
     assert set(rec["quantization"]["bit_plan"].values()) == {4} and rec["method"]["label"] == "APTQ H-layer"
+
+
+def test_one_pass_collection_gives_gptq_hessians_for_the_rest_and_the_block_outputs(block_and_inputs):
+    from harness.method import run_block
+
+    block, inps, kwargs = block_and_inputs
+    mods = {f"b.{n}": m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+    aptq, gptq = Aptq(AptqConfig(probes=1)), Gptq(GptqConfig())
+    outs = aptq.collect(block, mods, inps, kwargs)
+    gptq.collect(block, mods, inps, kwargs)
+    assert torch.allclose(outs, run_block(block, inps, kwargs), atol=1e-6)
+    for n in ("b.self_attn.o_proj", "b.mlp.gate_proj", "b.mlp.down_proj"):
+        assert torch.allclose(aptq.H[n], gptq.H[n], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(aptq.H["b.self_attn.q_proj"], gptq.H["b.self_attn.q_proj"], rtol=0.1)
