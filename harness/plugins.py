@@ -21,6 +21,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.rtn",
     "methods.gptq",
     "tasks.perplexity",
+    "tasks.zeroshot",
     "harness.observers.records",
     "harness.observers.console",
     "harness.observers.wandb_logger",
