@@ -96,3 +96,19 @@ def test_harness_equals_a_direct_lm_eval_run_item_for_item(data_dir, cache_dir, 
             assert m[key] == r[f"{key},none"] and m[f"{key}_stderr"] == r[f"{key}_stderr,none"], (task, key)
         assert m["samples_sha256"] == samples_sha256(ref["samples"][task]), task
         assert m["items"] == len(ref["samples"][task]) == limit
+
+
+def test_without_local_data_the_builtin_hub_datasets_are_used(tmp_path, cache_dir):
+    """No data directory: lm-eval's built-in config loads its Hugging Face dataset unchanged; offline
+    (as in the tests) that is one clear line, not a traceback from deep inside datasets."""
+    from harness.model import ModelConfig, load_model
+    from harness.task import TaskEnv
+
+    cfg = compose_cfg(["model=tiny_llama"])
+    model, tok, _ = load_model(ModelConfig(**cfg["model"]), "cpu", cache_dir)
+    plugins = make_plugins()
+    task = plugins.tasks.get("piqa").from_options({"limit": 2}, TaskEnv(None, tmp_path, "cpu"))
+    assert task.protocol()["data"] == "huggingface"
+    with pytest.raises(ConfigError, match=r"^no local data directory and lm-eval could not load piqa's Hugging Face "
+                                          r"dataset \(.*\); set data_dir=... or HARNESS_DATA$"):
+        task.evaluate(model, tok, plugins.hook, None)
