@@ -112,3 +112,11 @@ def test_without_local_data_the_builtin_hub_datasets_are_used(tmp_path, cache_di
     with pytest.raises(ConfigError, match=r"^no local data directory and lm-eval could not load piqa's Hugging Face "
                                           r"dataset \(.*\); set data_dir=... or HARNESS_DATA$"):
         task.evaluate(model, tok, plugins.hook, None)
+
+
+def test_wandb_logs_every_task_of_a_suite():
+    from harness.observers.wandb_logger import flatten_numbers
+
+    metrics = {"mean": 0.5, "metric": "mean", "tasks": {"piqa": {"acc": 0.6, "metric": "acc", "items": 3}}}
+    assert flatten_numbers(metrics, "zeroshot") == {"zeroshot/mean": 0.5, "zeroshot/piqa/acc": 0.6,
+                                                    "zeroshot/piqa/items": 3}
