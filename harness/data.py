@@ -11,6 +11,8 @@ Local layout (as in ``../shared/data``; see its README for provenance)::
     wikitext2/wiki.test.raw                      raw WikiText-2 test, one HF row per line
     wikitext2/pytorch_examples_wiki.valid.tokens WikiText-2 validation (tokenized form)
     c4/c4_validation_2k.yxanul.jsonl             2000 C4-en validation docs, {"text": ...}
+    piqa/ hellaswag/ arc_easy/ arc_challenge/ winogrande/   zero-shot suites (``FILES``; converted
+                                                 to lm-eval's schemas by ``tasks/zeroshot_data.py``)
 
 C4 split (local data): documents with index < 1000 are the evaluation pool and documents with
 index ≥ 1000 the calibration pool, so calibration text never overlaps evaluation text.
@@ -34,6 +36,17 @@ FILES = {
     "wikitext2_test": "wikitext2/wiki.test.raw",
     "wikitext2_valid": "wikitext2/pytorch_examples_wiki.valid.tokens",
     "c4": "c4/c4_validation_2k.yxanul.jsonl",
+    # zero-shot suites (converted to lm-eval's schemas by tasks/zeroshot_data.py)
+    "piqa": "piqa/valid.jsonl",
+    "piqa_labels": "piqa/valid-labels.lst",
+    "hellaswag_subset": "hellaswag/hellaswag_val_subset1000.rubrikscube.jsonl",
+    "hellaswag_full": "hellaswag/hellaswag_val_full.klosax.txt.bz2",
+    "arc_easy": "arc_easy/arc_easy_test.oxen_ai_dive.jsonl",
+    "arc_easy_key": "arc_easy/question-answers.aristo_leaderboard.jsonl",
+    "arc_challenge": "arc_challenge/arc_challenge_test.basic_evaluator.jsonl",
+    "arc_challenge_key": "arc_challenge/question-answers.aristo_leaderboard.jsonl",
+    "winogrande": "winogrande/winogrande_dev.llmfoundry_partial_eval.jsonl",
+    "winogrande_labels": "winogrande/dev-labels.lst",
 }
 
 
@@ -68,7 +81,8 @@ class Corpus:
         return h.hexdigest()
 
 
-def _local_file(data_dir: Path, key: str) -> Path:
+def local_file(data_dir: Path, key: str) -> Path:
+    """The file ``FILES[key]`` under ``data_dir``; a missing file is a one-line error naming its path."""
     path = data_dir / FILES[key]
     if not path.is_file():
         raise ConfigError(
@@ -114,9 +128,9 @@ def load_corpus(name: str, data_dir: Path | None) -> Corpus:
         raise ConfigError(f"unknown corpus {name!r}; known: wikitext2_test, wikitext2_valid, c4_eval, c4_calib")
     if data_dir is not None:
         if name.startswith("wikitext2"):
-            path = _local_file(data_dir, name)
+            path = local_file(data_dir, name)
             return Corpus(name, _wikitext_rows(path), str(path))
-        path = _local_file(data_dir, "c4")
+        path = local_file(data_dir, "c4")
         docs = _jsonl_texts(path)
         docs = docs[:C4_EVAL_DOCS] if name == "c4_eval" else docs[C4_EVAL_DOCS:]
         return Corpus(name, docs, f"{path}[{'0:1000' if name == 'c4_eval' else '1000:'}]")

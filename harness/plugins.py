@@ -22,6 +22,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.gptq",
     "methods.aptq",
     "tasks.perplexity",
+    "tasks.zeroshot",
     "harness.observers.records",
     "harness.observers.console",
     "harness.observers.wandb_logger",

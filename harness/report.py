@@ -2,7 +2,8 @@
 
 One table per (model, profile): tables never mix profiles or models. Rows are ``method @ avg
 bits`` (sorted by bits, then method), columns the tasks' primary metrics (ppl ↓, acc ↑).
-Writes ``<results_dir>/tables/<model>__<profile>.{md,tex}`` and ``leaderboard.md``, and prints
+Zero-shot suites add Table-2 columns: each task's chosen metric (acc or acc_norm, in %) and the
+suite mean. Writes ``<results_dir>/tables/<model>__<profile>.{md,tex}`` and ``leaderboard.md``, and prints
 the tables with rich.
 """
 from __future__ import annotations
@@ -21,14 +22,30 @@ from harness.records import load_records
 
 log = logging.getLogger(__name__)
 
-PRIMARY = {"ppl": True, "acc_norm": False, "acc": False}  # metric -> lower is better
+PRIMARY = {"ppl": True, "mean": False, "acc_norm": False, "acc": False}  # metric -> lower is better
 
 
 def primary_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    for key in PRIMARY:
+    """The value a table shows: the metric the task names (``"metric": "acc_norm"``), else the first
+    of ``PRIMARY`` present."""
+    chosen = metrics.get("metric")
+    for key in ([chosen] if isinstance(chosen, str) else []) + list(PRIMARY):
         if isinstance(metrics.get(key), (int, float)):
             return key, float(metrics[key])
     return None
+
+
+def cells_of(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, float]]:
+    """(column, value) pairs of one record's metrics. A suite (``zeroshot``: per-task metrics under
+    ``tasks`` and their ``mean``) gives one column per task, then ``<suite> mean`` (Table 2)."""
+    out = []
+    for task, m in metrics.items():
+        for sub, sm in (m.get("tasks") or {}).items():
+            if (pm := primary_metric(sm)) is not None:
+                out.append((f"{sub} {pm[0]}", pm[1]))
+        if (pm := primary_metric(m)) is not None:
+            out.append((f"{task} {pm[0]}", pm[1]))
+    return out
 
 
 def row_label(rec: dict[str, Any]) -> str:
@@ -51,14 +68,11 @@ def build_tables(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[st
         for rec in recs:
             bits = round(rec["quantization"]["avg_bits"], 3)
             cells = rows.setdefault((row_label(rec), bits), {})
-            for task, metrics in rec["metrics"].items():
-                pm = primary_metric(metrics)
-                if pm is None:
-                    continue
-                col = f"{task} {pm[0]}"
+            for col, value in cells_of(rec["metrics"]):
                 if col not in columns:
                     columns.append(col)
-                cells[col] = pm[1]
+                cells[col] = value
+        columns.sort(key=lambda c: (not c.endswith(" ppl"), c.endswith(" mean")))  # ppl | accuracies | means
         ordered = sorted(rows.items(), key=lambda kv: (-kv[0][1], kv[0][0]))
         tables[key] = {"columns": columns, "rows": [(lbl, b, cells) for (lbl, b), cells in ordered]}
     return tables
@@ -120,7 +134,8 @@ def to_latex(title: str, table: dict[str, Any]) -> str:
 
 
 def leaderboard(tables: dict[tuple[str, str], dict[str, Any]]) -> str:
-    """Per (model, profile): quantized rows ranked by mean perplexity over the ppl columns."""
+    """Per (model, profile): rows ranked by mean perplexity over the ppl columns, and by each
+    zero-shot suite's mean accuracy."""
     lines = ["# Leaderboard", ""]
     for (model, profile), table in sorted(tables.items()):
         ppl_cols = [c for c in table["columns"] if c.endswith(" ppl")]
@@ -129,13 +144,19 @@ def leaderboard(tables: dict[tuple[str, str], dict[str, Any]]) -> str:
             vals = [cells[c] for c in ppl_cols if c in cells]
             if vals and len(vals) == len(ppl_cols):
                 ranked.append((sum(vals) / len(vals), label, bits))
-        if not ranked:
-            continue
-        lines += [f"## {model} · profile {profile}", "",
-                  "| Rank | Method | Avg bits | Mean ppl ↓ |", "|---|---|---|---|"]
-        for i, (m, label, bits) in enumerate(sorted(ranked), 1):
-            lines.append(f"| {i} | {label} | {bits:g} | {m:.2f} |")
-        lines.append("")
+        if ranked:
+            lines += [f"## {model} · profile {profile}", "",
+                      "| Rank | Method | Avg bits | Mean ppl ↓ |", "|---|---|---|---|"]
+            for i, (m, label, bits) in enumerate(sorted(ranked), 1):
+                lines.append(f"| {i} | {label} | {bits:g} | {m:.2f} |")
+            lines.append("")
+        for col in (c for c in table["columns"] if c.endswith(" mean")):
+            acc = sorted(((cells[col], label, bits) for label, bits, cells in table["rows"] if col in cells),
+                         reverse=True)
+            lines += [f"## {model} · profile {profile} · {col.removesuffix(' mean')}", "",
+                      "| Rank | Method | Avg bits | Mean accuracy ↑ |", "|---|---|---|---|"]
+            lines += [f"| {i} | {label} | {bits:g} | {100 * m:.2f} |" for i, (m, label, bits) in enumerate(acc, 1)]
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -1,5 +1,8 @@
 """Shared fixtures. Tests read real data from ../shared/data (or $HARNESS_DATA) and cache the
-converted default model under $HARNESS_CACHE (default ~/.cache/quant-harness)."""
+converted default model under $HARNESS_CACHE (default ~/.cache/quant-harness).
+
+The Hugging Face Hub is switched off for the whole session (and the CLI subprocesses): every test
+runs from local files, which proves the local-data paths never reach for the Hub."""
 from __future__ import annotations
 
 import os
@@ -7,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub / datasets
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from harness.cli import CONF_DIR
-from harness.data import resolve_data_dir
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from harness.cli import CONF_DIR  # noqa: E402
+from harness.data import resolve_data_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -59,9 +59,14 @@ def harness_run_end(run, record):
     table.add_column("metric")
     table.add_column("value", justify="right")
     for task, metrics in record["metrics"].items():
-        for k in ("ppl", "acc", "acc_norm"):
-            if k in metrics:
-                table.add_row(task, k, f"{metrics[k]:.4f}")
+        for name, m in {**metrics.get("tasks", {}), task: metrics}.items():  # a suite: its tasks, then itself
+            for k in ("ppl", "acc", "acc_norm", "mean"):
+                if k in m:
+                    err = f" ± {m[k + '_stderr']:.4f}" if f"{k}_stderr" in m else ""
+                    table.add_row(name, k + (" *" if m.get("metric") == k and k != "mean" else ""),
+                                  f"{m[k]:.4f}{err}")
     st["console"].print(table)
+    if any("tasks" in m for m in record["metrics"].values()):
+        st["console"].print("* the metric that feeds the suite mean")
     if "record_path" in record:
         st["console"].print(f"record: {record['record_path']}")

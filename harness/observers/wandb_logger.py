@@ -55,9 +55,20 @@ def harness_layer_quantized(run, name, info):
         [name, info.get("bits"), info.get("group_size"), info.get("numel"), info.get("err")]))
 
 
+def flatten_numbers(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """``{"tasks": {"piqa": {"acc": x}}, "mean": y}`` → ``{"zeroshot/piqa/acc": x, "zeroshot/mean": y}``."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(flatten_numbers(v, prefix if k == "tasks" else f"{prefix}/{k}"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}/{k}"] = v
+    return out
+
+
 @hookimpl
 def harness_task_result(run, task, metrics):
-    nums = {f"{task}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+    nums = flatten_numbers(metrics, task)
     _guard(run, "metric log", lambda wb: wb["run"].log(nums))
 
 
