@@ -105,6 +105,7 @@ def quantize_sequential(
     hook.harness_phase_end(run=run, phase="calibrate", seconds=time.perf_counter() - t0)
 
     per_layer: dict[str, dict[str, Any]] = {}
+    grids: dict[str, Any] = {}
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
     t0 = time.perf_counter()
     for i, layer in enumerate(layers):
@@ -123,7 +124,7 @@ def quantize_sequential(
                 for h in handles:
                     h.remove()
             for name, mod in full.items():
-                quantize_one(method, name, mod, specs[name], per_layer, hook, run)
+                quantize_one(method, name, mod, specs[name], per_layer, hook, run, grids)
         inps = _run_layer(layer, inps, kwargs)  # the quantized layer's outputs feed the next one
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
-    return summarize(all_linear, specs, per_layer)
+    return {**summarize(all_linear, specs, per_layer), "grids": grids}  # grids: popped before the record

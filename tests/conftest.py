@@ -7,12 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+import torch
 
-from harness.cli import CONF_DIR
-from harness.data import resolve_data_dir
+# Without CUDA, Triton kernels run in the interpreter (set before harness.kernels is imported: the
+# @triton.jit decorator reads it). Subprocesses (CLI tests) inherit it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf  # noqa: E402
+
+from harness.cli import CONF_DIR  # noqa: E402
+from harness.data import resolve_data_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
