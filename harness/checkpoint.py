@@ -72,10 +72,14 @@ def save_packed(model: nn.Module, tokenizer: Any, folder: Path, meta: dict[str, 
     (tmp / QUANT_FILE).write_text(json.dumps(quant, indent=2, default=str))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    n_params = sum(p.numel() for p in model.parameters()) + sum(m.in_features * m.out_features
-                                                                 for m in model.modules() if isinstance(m, QuantLinear))
+    qls = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    n_packed = sum(m.in_features * m.out_features for m in qls)
+    n_params = sum(p.numel() for p in model.parameters()) + n_packed  # tied embeddings counted once
     return {"path": str(folder), "bytes": (folder / WEIGHTS_FILE).stat().st_size,
-            "fp16_model_bytes": 2 * n_params, "params": n_params}
+            "packed_layer_bytes": sum(m.packed_bytes() for m in qls),
+            "other_tensor_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "other_tensor_dtype": quant["dtype"],
+            "fp16_model_bytes": 2 * n_params, "fp16_packed_layer_bytes": 2 * n_packed, "params": n_params}
 
 
 def read_quant_config(folder: Path) -> dict[str, Any]:

@@ -134,8 +134,8 @@ def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0) ->
         try:
             if is_packed_checkpoint(folder):  # a packed checkpoint saved by this harness (save=true)
                 model, quant = load_packed(folder, dtype, device)
-                info["packed_checkpoint"] = {k: quant.get(k) for k in ("method", "run_id", "weights_sha256", "dtype")}
-                info["packed_checkpoint"]["bit_map"] = quant["bit_map"]
+                keep = ("method", "run_id", "weights_sha256", "dtype", "bit_map", "quantization")
+                info["packed_checkpoint"] = {k: quant.get(k) for k in keep}
             else:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
             tokenizer = load_tokenizer(cfg.tokenizer or folder, cache_dir)

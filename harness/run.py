@@ -162,8 +162,9 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
     del grids
     record_method = {"name": method.name, "label": method.label(), "options": vars(method.config)}
     if checkpoint:
-        quant = {**checkpoint.get("quantization", {}), "loaded_from": model_cfg.path,
-                 "measured": measured_bits(model, checkpoint.get("quantization", {}).get("linear_params", 0))}
+        summary = checkpoint.pop("quantization", None) or {}  # once, under "quantization", not also under "model"
+        quant = {**summary, "loaded_from": model_cfg.path,
+                 "measured": measured_bits(model, summary.get("linear_params", 0))}
         record_method = {**checkpoint["method"], "loaded_from_checkpoint": True}
 
     metrics: dict[str, dict[str, Any]] = {}
