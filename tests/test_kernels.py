@@ -1,7 +1,8 @@
 """Packed format and Triton kernels against the pure-PyTorch reference.
 
-On CPU the kernels run under ``TRITON_INTERPRET=1`` (conftest.py sets it when there is no CUDA);
-with a CUDA device the same comparisons run compiled, and ``pytest -m gpu`` adds the autotuned path.
+Every kernel test runs on one of two devices: ``cpu`` = the Triton interpreter (conftest.py sets
+``TRITON_INTERPRET=1`` when there is no CUDA; small shapes, autotune off) or ``cuda`` = compiled, marked
+``gpu`` (``pytest -m gpu`` on a GPU machine runs the same matrix for real, plus the autotuned path).
 """
 import pytest
 import torch
@@ -22,10 +23,11 @@ CUDA = torch.cuda.is_available()
 TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-5}
 
 
-DEVICE = "cuda" if CUDA else "cpu"
+DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(CUDA, reason="the interpreter runs only without CUDA")),
+           pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")])]
 
 
-def packed(N, K, bits, group_size, seed=0, device=DEVICE):
+def packed(N, K, bits, group_size, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(N, K, generator=g) * torch.rand(N, 1, generator=g)  # rows of different ranges
     qw = rtn(W, QuantSpec(bits, group_size))
@@ -71,32 +73,33 @@ def test_unpackable_shapes_are_clear_errors():
 SHAPES = [(48, 128), (96, 256)]  # (N, K): N not a multiple of the block, K of 2·BLOCK_K
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("N,K", SHAPES)
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("group_size", [-1, 32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("M", [1, 3, 16, 64])
-def test_kernel_matches_reference(N, K, bits, group_size, dtype, M):
-    if group_size > K:
-        pytest.skip("group larger than the layer")
-    _, q, s, z = packed(N, K, bits, group_size, seed=N + K + bits)
-    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(DEVICE, dtype)
+def test_kernel_matches_reference(N, K, bits, group_size, dtype, M, device):
+    _, q, s, z = packed(N, K, bits, group_size, seed=N + K + bits, device=device)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(device, dtype)
     block_k = 64 if group_size == -1 else min(64, group_size)
     config = KernelConfig(block_n=32, block_k=block_k, split_k=1 if M == 16 else 2, block_m=16 if M < 64 else 32)
     check(x, q, s, z, bits, group_size, config)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("M", [1, 5])
-def test_kernel_fp32_activations_and_split_k_with_a_tail(M):
-    _, q, s, z = packed(40, 96, 4, -1)  # K = 96: the last K block of 64 is half masked
-    x = torch.randn(M, 96, device=DEVICE)
+def test_kernel_fp32_activations_and_split_k_with_a_tail(M, device):
+    _, q, s, z = packed(40, 96, 4, -1, device=device)  # K = 96: the last K block of 64 is half masked
+    x = torch.randn(M, 96, device=device)
     check(x, q, s, z, 4, -1, KernelConfig(block_n=16, block_k=64, split_k=2))
     check(x, q, s, z, 4, -1, KernelConfig(block_n=64, block_k=32, split_k=3))
 
 
-def test_op_shapes_fake_tensor_and_compile():
-    _, q, s, z = packed(32, 64, 4, 32)
-    x = torch.randn(2, 3, 64, dtype=torch.float16, device=DEVICE)
+@pytest.mark.parametrize("device", DEVICES)
+def test_op_shapes_fake_tensor_and_compile(device):
+    _, q, s, z = packed(32, 64, 4, 32, device=device)
+    x = torch.randn(2, 3, 64, dtype=torch.float16, device=device)
     y = torch.ops.harness.quant_matmul(x, q, s, z, 4, 32)
     assert y.shape == (2, 3, 32) and y.dtype == torch.float16
     torch.library.opcheck(quant_matmul, (x, q, s, z, 4, 32), test_utils=("test_schema", "test_faketensor"))
@@ -108,11 +111,8 @@ def test_op_shapes_fake_tensor_and_compile():
     assert torch.allclose(compiled(x).float(), f(x).float(), atol=1e-3)
 
 
-gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA")
-
-
 @pytest.mark.gpu
-@gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("bits", [2, 4])
 @pytest.mark.parametrize("group_size", [-1, 32, 64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
