@@ -164,14 +164,16 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
                 del model
                 gc.collect()
-    print(f"\n{'model':<8} {'variant':<9} {'mode':<9} {'weights MB':>10} {'peak GPU MB':>11} {'tok/s':>8} {'x fp16':>7}")
+    head = ("model", "variant", "mode", "weights MB", "peak GPU MB", "tok/s", "x fp16")
+    print("\n{:<8} {:<9} {:<9} {:>10} {:>11} {:>8} {:>7}".format(*head))
     base = {(r["model"], r["mode"]): r.get("tokens_per_s") for r in rows if r["variant"] == "fp16"}
     for r in rows:
         tps, b = r.get("tokens_per_s"), base.get((r["model"], r["mode"]))
         speed = f"{tps / b:.2f}" if tps and b else "-"
         peak = f"{r['peak_gpu_MB']:.0f}" if "peak_gpu_MB" in r else "-"
         shown = f"{tps:.1f}" if tps else r.get("error", "-")[:40]
-        print(f"{r['model']:<8} {r['variant']:<9} {r['mode']:<9} {r['weight_MB']:>10.1f} {peak:>11} {shown:>8} {speed:>7}")
+        print(f"{r['model']:<8} {r['variant']:<9} {r['mode']:<9} {r['weight_MB']:>10.1f} {peak:>11} {shown:>8} "
+              f"{speed:>7}")
     path = Path(args.out) / f"decode-{name.replace(' ', '_')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"device": name, "torch": torch.__version__, "new_tokens": new,

@@ -49,7 +49,7 @@ def make_layer(K: int, N: int, bits: int, group: int, device, seed: int = 0):
     """Random packed buffers (codes uniform, scales ~ 1e-2) and the equivalent fp16 weight (N, K)."""
     import torch
 
-    from harness.packing import dequantize_packed, pack_codes
+    from harness.packing import pack_codes
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     G = K // group
@@ -81,8 +81,7 @@ def peak_bandwidth() -> float:
     src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     t = triton.testing.do_bench(lambda: dst.copy_(src), rep=200, return_mode="median") * 1e-3
-    del src, dst
-    return 2 * 2**30 / t
+    return 2 * 2**30 / t  # the buffers are freed on return
 
 
 def gemlite_linear(bits: int, group: int, K: int, N: int, codes, scales, zeros):

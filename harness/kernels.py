@@ -38,8 +38,8 @@ import triton.language as tl
 
 from harness.packing import codes_per_word, reference_matmul
 
-MAGIC = 0x4B000000  # fp32 bit pattern of 2^23: OR-ing an integer < 2^23 into its mantissa gives 2^23 + q
-MAGIC_F = 8388608.0
+MAGIC = tl.constexpr(0x4B000000)  # fp32 bits of 2^23: OR-ing an integer < 2^23 into the mantissa gives 2^23 + q
+MAGIC_F = tl.constexpr(8388608.0)
 
 
 def interpreting() -> bool:
@@ -184,10 +184,9 @@ def _zero_out(split_k: int):
 
 def _gemv_configs() -> list[triton.Config]:
     out = []
-    for bn, bk, w in [(32, 128, 2), (64, 64, 2), (64, 128, 4), (128, 32, 2), (128, 64, 4), (256, 32, 4),
-                      (256, 64, 8), (512, 32, 8)]:
-        for split_k in (1, 2, 4, 8, 16):
-            for stages in (1, 2, 3):
+    for bn, bk, w in [(64, 64, 2), (128, 32, 2), (128, 64, 4), (256, 32, 4), (256, 64, 8), (512, 32, 8)]:
+        for split_k in (1, 4, 8, 16):
+            for stages in (1, 2):
                 out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k},
                                          num_warps=w, num_stages=stages, pre_hook=_zero_out(split_k)))
     return out
@@ -206,23 +205,30 @@ def _gemm_configs() -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs that cannot run: a K block inside one group, no tile far larger than the problem,
-    split-K only while each split keeps at least two K blocks, BLOCK_M near M."""
+    """Fit the configs to the problem: BLOCK_K clamped to the group size (a K block never straddles a
+    group), no tile far wider than N, split-K only while each split keeps at least two K blocks,
+    BLOCK_M near M (and no split-K for large M). Duplicates after clamping are dropped."""
     K, N, group = named_args["K"], named_args["N"], kwargs.get("GROUP", named_args.get("GROUP", 0))
     m_bucket = named_args["M_BUCKET"]
-    keep = []
+    keep, seen = [], set()
     for c in configs:
-        bk, bn, sk = c.kwargs["BLOCK_K"], c.kwargs["BLOCK_N"], c.kwargs["SPLIT_K"]
-        bm = c.kwargs.get("BLOCK_M", 1)
-        if group and bk > group:
+        kw = dict(c.kwargs)
+        if group and kw["BLOCK_K"] > group:
+            kw["BLOCK_K"] = group
+        bk, bn, sk, bm = kw["BLOCK_K"], kw["BLOCK_N"], kw["SPLIT_K"], kw.get("BLOCK_M", 1)
+        if bn > max(32, triton.next_power_of_2(N)) or (sk > 1 and sk * bk * 2 > K):
             continue
-        if bn > max(32, triton.next_power_of_2(N)) or sk * bk * 2 > K and sk > 1:
+        if "BLOCK_M" in kw and (bm > max(16, m_bucket) or (m_bucket >= 128 and (bm < 64 or sk > 1))):
             continue
-        if "BLOCK_M" in c.kwargs and (bm > max(16, m_bucket) or (m_bucket >= 128 and bm < 64) or
-                                      (m_bucket >= 128 and sk > 1)):
-            continue
-        keep.append(c)
-    return keep or [min(configs, key=lambda c: (c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"]))]
+        key = (tuple(sorted(kw.items())), c.num_warps, c.num_stages)
+        if key not in seen:
+            seen.add(key)
+            keep.append(triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages, pre_hook=c.pre_hook))
+    if not keep:  # a tiny problem: the smallest tile, no split
+        c = min(configs, key=lambda c: (c.kwargs["BLOCK_N"], c.kwargs.get("BLOCK_M", 1), c.kwargs["SPLIT_K"]))
+        kw = {**c.kwargs, "SPLIT_K": 1, "BLOCK_K": min(c.kwargs["BLOCK_K"], group or c.kwargs["BLOCK_K"])}
+        keep = [triton.Config(kw, num_warps=c.num_warps, num_stages=c.num_stages)]
+    return keep
 
 
 _KEY = ["M_BUCKET", "N", "K", "BITS", "GROUP"]
