@@ -4,19 +4,25 @@
 ``scales``/``zeros`` (G, N) fp16. Two kernels:
 
 - ``_gemv_kernel`` (M = 1, decode): memory-bound. Each program owns BLOCK_N output columns and a
-  strided share of the K blocks (split-K over grid axis 1, so that even N = 4096 fills every SM);
-  it multiplies in registers (no tensor cores: a 1-row dot product), keeps a (BLOCK_K, BLOCK_N)
-  fp32 accumulator and reduces it once at the end; split-K partials meet in the output with
-  ``atomic_add``. The weight words are the only large read: 0.5 (4-bit) or 0.25 (2-bit) byte/weight.
+  contiguous run of whole groups along K (split-K over grid axis 1, so that even N = 4096 fills
+  every SM; partials meet in the output with ``atomic_add``). No tensor cores (a 1-row product):
+  each packed word is loaded once as a (BLOCK_K/P, BLOCK_N) tile and expanded in registers to
+  (BLOCK_K/P, P, BLOCK_N) codes; codes are accumulated unscaled within a group and the group's
+  scale/zero are applied once per group (``s·(Σ x·q − z·Σ x)``), so the inner loop costs a shift,
+  a mask-or, one FADD and one FFMA per weight. Reads: 0.5 (4-bit) / 0.25 (2-bit) byte per weight.
 - ``_gemm_kernel`` (M ≥ 2, batched decode to prefill): tiles (BLOCK_M, BLOCK_N), dequantizes a
   (BLOCK_K, BLOCK_N) tile to the activation dtype and feeds ``tl.dot`` (tensor cores); optional
-  split-K for small M; grouped program order for L2 reuse of the activation rows.
+  split-K for small M; grouped program order for L2 reuse of the activation rows. It reads the
+  tile by loading word ``k // P`` for each k (the P rows that share a word hit the same cache line,
+  so DRAM traffic is the packed size) and shifting by ``(k % P)·b``; a K block never straddles a
+  group (BLOCK_K ≤ group_size, both powers of two), so scales/zeros are one (BLOCK_N,) load per block.
 
-Both read a (BLOCK_K, BLOCK_N) tile of codes by loading word ``k // P`` for each k (the P rows
-that share a word hit the same cache line, so DRAM traffic is the packed size) and shifting by
-``(k % P)·b``. Codes become floats with the magic-number trick (``q | 0x4B000000`` read as fp32 is
-2²³ + q; one OR and one FADD instead of a slow int→float conversion). A block of K never straddles
-a group (BLOCK_K ≤ group_size, both powers of two), so scales/zeros are one (BLOCK_N,) load per block.
+Codes become floats with the magic-number trick (``q | 0x4B000000`` read as fp32 is 2²³ + q: one OR
+and one FADD instead of a slow int→float conversion); zero points are integers, so 2²³ + z is exact.
+Inspecting the SASS of the sm_90 build (``triton.compile`` without a GPU) gave ≈ 6.3–7.5 instructions
+per weight in the GEMV inner loop (4- and 2-bit, per-channel and g128, 64 weights per thread),
+against ≈ 10.8 for a first version that dequantized (q − z)·s per element and loaded word
+``k // P`` per k; speed on a GPU is measured by ``benchmarks/kernels.py``.
 
 Autotuning (``triton.autotune``) covers block sizes, split-K, warps and stages, keyed on
 (M bucket, N, K, bits, group size). It is skipped under ``TRITON_INTERPRET=1`` (CPU tests) and
@@ -62,32 +68,62 @@ def _dequant_tile(words, offs_k, s, z, BITS: tl.constexpr):
 
 
 @triton.jit
+def _codes3(qw_ptr, kw0, KW, offs_n, mask_n, N, BITS: tl.constexpr, BLOCK_KW: tl.constexpr):
+    """Words kw0 … kw0+BLOCK_KW−1 of columns offs_n → 2²³ + code as fp32 (BLOCK_KW, P, BLOCK_N).
+
+    Each word is loaded once and expanded along a middle axis of P codes (code k = kw·P + p)."""
+    P: tl.constexpr = 32 // BITS
+    MAXQ: tl.constexpr = (1 << BITS) - 1
+    rkw = kw0 + tl.arange(0, BLOCK_KW)
+    words = tl.load(qw_ptr + rkw[:, None] * N + offs_n[None, :], mask=(rkw < KW)[:, None] & mask_n[None, :],
+                    other=0, eviction_policy="evict_first")  # (BLOCK_KW, BLOCK_N) int32
+    shifts = (tl.arange(0, P) * BITS)[None, :, None].to(tl.uint32)  # (1, P, 1)
+    q = ((words.to(tl.uint32, bitcast=True)[:, None, :] >> shifts) & MAXQ) | MAGIC  # bits of 2^23 + code
+    return q.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, N, K, M_BUCKET,
                  BITS: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
-    """out (1, N) [+]= x (1, K) @ Ŵᵀ. Grid: (cdiv(N, BLOCK_N), SPLIT_K). GROUP = 0: per-channel."""
+    """out (1, N) [+]= x (1, K) @ Ŵᵀ. Grid: (cdiv(N, BLOCK_N), SPLIT_K). GROUP = 0: per-channel.
+
+    Split ``pid_k`` owns a contiguous run of whole groups (per-channel: of K blocks). Inside a group
+    the zero-shifted codes are accumulated unscaled, ``acc_g += x·(q − z)`` (one FADD makes q − z from
+    the magic float, one FFMA accumulates), and the group's scale is applied once: ``acc += s·acc_g``.
+    """
     P: tl.constexpr = 32 // BITS
+    BLOCK_KW: tl.constexpr = BLOCK_K // P
+    UNIT: tl.constexpr = GROUP if GROUP != 0 else BLOCK_K
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     mask_n = offs_n < N
-    rk = tl.arange(0, BLOCK_K)
+    KW = K // P
+    rx = tl.arange(0, BLOCK_KW)[:, None] * P + tl.arange(0, P)[None, :]  # (BLOCK_KW, P): k within a block
+    n_units = tl.cdiv(K, UNIT)
+    per_split = tl.cdiv(n_units, SPLIT_K)
+    u0 = pid_k * per_split
+    u1 = tl.minimum(u0 + per_split, n_units)
+    acc = tl.zeros((BLOCK_KW, P, BLOCK_N), dtype=tl.float32)
     if GROUP == 0:
         s = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
-    for k0 in range(pid_k * BLOCK_K, K, SPLIT_K * BLOCK_K):
-        offs_k = k0 + rk  # (BLOCK_K,)
-        mask_k = offs_k < K
-        x = tl.load(x_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-        words = tl.load(qw_ptr + (offs_k // P)[:, None] * N + offs_n[None, :],
-                        mask=mask_k[:, None] & mask_n[None, :], other=0, eviction_policy="evict_first")
-        if GROUP != 0:
-            g = k0 // GROUP
+        mz = (tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32) + MAGIC_F)[None, None, :]
+        for k0 in range(u0 * BLOCK_K, u1 * BLOCK_K, BLOCK_K):
+            x = tl.load(x_ptr + k0 + rx, mask=k0 + rx < K, other=0.0).to(tl.float32)  # (BLOCK_KW, P)
+            acc += x[:, :, None] * (_codes3(qw_ptr, k0 // P, KW, offs_n, mask_n, N, BITS, BLOCK_KW) - mz)
+        y = s * tl.sum(tl.sum(acc, axis=1), axis=0)
+    else:
+        for g in range(u0, u1):
             s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc += x[:, None] * _dequant_tile(words, offs_k, s, z, BITS)
-    y = tl.sum(acc, axis=0)  # (BLOCK_N,)
+            mz = (tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32) + MAGIC_F)[None, None, :]
+            acc_g = tl.zeros((BLOCK_KW, P, BLOCK_N), dtype=tl.float32)
+            for j in tl.static_range(0, GROUP, BLOCK_K):  # BLOCK_K divides GROUP: unrolled
+                k0 = g * GROUP + j
+                x = tl.load(x_ptr + k0 + rx).to(tl.float32)
+                acc_g += x[:, :, None] * (_codes3(qw_ptr, k0 // P, KW, offs_n, mask_n, N, BITS, BLOCK_KW) - mz)
+            acc += acc_g * s[None, None, :]
+        y = tl.sum(tl.sum(acc, axis=1), axis=0)
     if SPLIT_K == 1:
         tl.store(out_ptr + offs_n, y.to(out_ptr.dtype.element_ty), mask=mask_n)
     else:
@@ -184,7 +220,9 @@ def _zero_out(split_k: int):
 
 def _gemv_configs() -> list[triton.Config]:
     out = []
-    for bn, bk, w in [(64, 64, 2), (128, 32, 2), (128, 64, 4), (256, 32, 4), (256, 64, 8), (512, 32, 8)]:
+    # At most 64 weights per thread per block: larger tiles spill the two accumulators to local memory.
+    for bn, bk, w in [(64, 64, 2), (128, 32, 2), (128, 32, 4), (128, 64, 4), (256, 32, 4), (256, 64, 8),
+                      (512, 16, 4)]:
         for split_k in (1, 4, 8, 16):
             for stages in (1, 2):
                 out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k},
