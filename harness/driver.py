@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from harness.method import Method
-from harness.quant import QuantSpec, average_bits
+from harness.quant import GRID_KEY, QuantSpec, average_bits
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,17 @@ def plan_specs(method: Method, layers: dict[str, nn.Linear]) -> dict[str, QuantS
 
 
 def quantize_one(method: Method, name: str, layer: nn.Linear, spec: QuantSpec,
-                 per_layer: dict[str, dict[str, Any]], hook: Any, run: Any) -> None:
-    """Quantize one layer, keep its info for the record and tell the observers."""
-    info = method.quantize_layer(name, layer, spec)
+                 per_layer: dict[str, dict[str, Any]], hook: Any, run: Any,
+                 grids: dict[str, Any] | None = None) -> None:
+    """Quantize one layer, keep its info for the record and tell the observers.
+
+    The integer grid a method returns under ``info["grid"]`` (``harness.quant.Grid``) is taken out
+    of the info (it is tensors, not record data) and kept in ``grids`` for packing.
+    """
+    info = dict(method.quantize_layer(name, layer, spec))
+    grid = info.pop(GRID_KEY, None)
+    if grids is not None and grid is not None:
+        grids[name] = grid
     info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **info}
     per_layer[name] = info
     hook.harness_layer_quantized(run=run, name=name, info=info)
@@ -75,17 +83,19 @@ def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dic
     """Quantize ``model`` in place with a method that needs no calibration data.
 
     Emits ``harness_layer_quantized`` per layer and phase hooks for progress. Returns the summary
-    that goes into the record: bit plan, average bits, per-layer info.
+    that goes into the record: bit plan, average bits, per-layer info, and under ``grids`` the
+    methods' integer grids (popped by the caller before the record is written).
     """
     layers = linear_layers(model)
     specs = plan_specs(method, layers)
     per_layer: dict[str, dict[str, Any]] = {}
+    grids: dict[str, Any] = {}
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
     t0 = time.perf_counter()
     for name, spec in specs.items():
-        quantize_one(method, name, layers[name], spec, per_layer, hook, run)
+        quantize_one(method, name, layers[name], spec, per_layer, hook, run, grids)
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
-    return summarize(layers, specs, per_layer)
+    return {**summarize(layers, specs, per_layer), "grids": grids}
 
 
 def summarize(

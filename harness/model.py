@@ -6,6 +6,9 @@ Q4_1 GGUF file. It is located with ``importlib.util.find_spec`` (the package is 
 dequantized once by transformers (``gguf_file=``), and saved as a plain fp32 ``LlamaForCausalLM``
 folder in the cache (the ``quantization_config`` dropped), so later loads take about a second.
 fp32 is kept on purpose: its Q4_1 values are not all representable in bf16.
+
+A folder with a ``quantization.json`` is a packed checkpoint written with ``save=true``
+(``harness.checkpoint``): it is rebuilt with its ``QuantLinear`` layers, never re-quantized.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 
 import torch
 
+from harness.checkpoint import is_packed_checkpoint, load_packed
 from harness.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -133,7 +137,12 @@ def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0,
             folder = cfg.path
             info["source"] = cfg.path
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+            if is_packed_checkpoint(folder):  # a packed checkpoint saved by this harness (save=true)
+                model, quant = load_packed(folder, dtype, device)
+                keep = ("method", "run_id", "weights_sha256", "dtype", "bit_map", "quantization")
+                info["packed_checkpoint"] = {k: quant.get(k) for k in keep}
+            else:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
             tokenizer = load_tokenizer(cfg.tokenizer or folder, cache_dir)
         except OSError as err:
             raise ConfigError(f"cannot load model {folder!r}: {str(err).splitlines()[0]}") from None

@@ -105,6 +105,23 @@ class QuantizedWeight:
     spec: QuantSpec
 
 
+GRID_KEY = "grid"  # info key under which quantize_layer hands its Grid to the driver (never recorded)
+
+
+@dataclass
+class Grid:
+    """The integer grid a method actually used for one layer, kept for packing (``harness.qlinear``).
+
+    ``scale``, ``zero``: (d_out, G), group ``j`` covering input columns ``j·g … (j+1)·g − 1``;
+    ``g_idx``: (d_in,) group of each input column when that is not ``k // g`` (GPTQ act-order with
+    dynamic groups), else None.
+    """
+
+    scale: torch.Tensor
+    zero: torch.Tensor
+    g_idx: torch.Tensor | None = None
+
+
 def rtn(W: torch.Tensor, spec: QuantSpec, layer: str = "") -> QuantizedWeight:
     """Round-to-nearest min-max quantization of ``W`` (d_out, d_in), per-channel or grouped."""
     d_out, d_in = W.shape

@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 
+from harness.checkpoint import save_packed
 from harness.data import resolve_data_dir
 from harness.driver import quantize_model
 from harness.errors import ConfigError
 from harness.method import Method, build_config
 from harness.model import ModelConfig, load_model
 from harness.plugins import Plugins, make_plugins
+from harness.qlinear import check_pack_config, measured_bits, pack_model, parity
 from harness.quant import check_bits
 from harness.records import (
     SCHEMA_VERSION,
@@ -99,6 +101,10 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
     hook = plugins.hook
     method, tasks, env, calib = build(cfg, plugins)
     model_cfg = build_config(ModelConfig, dict(cfg["model"]), "model")
+    save = bool(cfg.get("save", False))
+    pack = bool(cfg.get("pack", False)) or save
+    if pack:
+        check_pack_config(method)
     warnings = ignored_overrides(list(overrides or []), method)
     for w in warnings:
         log.warning(w)
@@ -116,12 +122,13 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
         "calibration": vars(calib) if calib else None,
         "profile": cfg["profile"]["name"],
         "seed": cfg["seed"],
+        **({"pack": True} if pack else {}),  # evaluation runs on the packed model
     }
     results_dir = Path(cfg["results_dir"]).expanduser()
     # mixed-precision methods carry their bit budget (ratio) in the label already
     tag = method.label() if "ratio" in method.knobs else f"{method.label()} w{cfg['method'].get('bits', 16)}"
     run_id = make_run_id(model_cfg.name, tag, identity)
-    if not cfg.get("force") and (done := completed(results_dir, run_id)):
+    if not cfg.get("force") and not save and (done := completed(results_dir, run_id)):
         log.info("skipping %s: a complete record exists (force=true runs it again)", run_id)
         return done
 
@@ -134,6 +141,10 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
     model, tokenizer, model_info = load_model(model_cfg, env.device, env.cache_dir, seed=cfg["seed"],
                                               offload=offload)
     timings["load"] = time.perf_counter() - t0
+    checkpoint = model_info.get("packed_checkpoint")
+    if checkpoint and method.quantizes:
+        raise ConfigError(f"model.path={model_cfg.path} is a packed checkpoint ({checkpoint['method']['label']}); "
+                          f"evaluate it with method=fp16 (it is not quantized again)")
     if env.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     hook.harness_run_start(run=run)
@@ -150,6 +161,19 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
     timings["quantize"] = time.perf_counter() - t0
     if offload:
         model.to(env.device)  # quantized layer by layer on the device; evaluated there as a whole
+    grids = quant.pop("grids", {})  # tensors: never part of the record
+    saved = None
+    if pack:
+        t0 = time.perf_counter()
+        saved = pack_and_check(model, tokenizer, quant, grids, cfg, env, run_id, method, results_dir, save)
+        timings["pack"] = time.perf_counter() - t0
+    del grids
+    record_method = {"name": method.name, "label": method.label(), "options": vars(method.config)}
+    if checkpoint:
+        summary = checkpoint.pop("quantization", None) or {}  # once, under "quantization", not also under "model"
+        quant = {**summary, "loaded_from": model_cfg.path,
+                 "measured": measured_bits(model, summary.get("linear_params", 0))}
+        record_method = {**checkpoint["method"], "loaded_from_checkpoint": True}
 
     metrics: dict[str, dict[str, Any]] = {}
     for task in tasks:
@@ -165,7 +189,7 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
         "status": "complete",
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "model": model_info,
-        "method": {"name": method.name, "label": method.label(), "options": vars(method.config)},
+        "method": record_method,
         "profile": cfg["profile"]["name"],
         "protocol": identity["tasks"],
         "calibration": calib_info,
@@ -175,6 +199,7 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
         "quantization": quant,
         "metrics": metrics,
         "timings_s": timings,
+        **({"checkpoint": saved} if saved else {}),
         "peak_memory_mb": peak_memory(env.device),
         "versions": package_versions(),
         "git_commit": git_commit(),
@@ -184,6 +209,31 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
     }
     hook.harness_run_end(run=run, record=record)
     return record
+
+
+def pack_and_check(model, tokenizer, quant: dict, grids: dict, cfg: dict, env: TaskEnv, run_id: str, method: Method,
+                   results_dir: Path, save: bool) -> dict | None:
+    """Convert the fake-quant model to ``QuantLinear`` layers, record parity and measured bits in
+    ``quant``, and with ``save`` write the checkpoint (returns its sizes)."""
+    fake = pack_model(model, grids, quant["layers"])
+    spec = build_config(CalibrationSpec, dict(cfg["calibration"]), "calibration")
+    windows, info = calibration_windows(spec, tokenizer, env.data_dir, env.cache_dir)
+    n = int(cfg.get("parity_windows", 2))
+    quant["parity"] = {**parity(model, fake, windows[:n], env.device), "corpus": info.get("corpus")}
+    del fake
+    quant["measured"] = measured_bits(model, quant["linear_params"])
+    log.info("packed %d layers: %.3f measured bits/weight (nominal %.3f); parity max |Δlogit| %.3g, Δppl %.3g",
+             quant["measured"]["packed_layers"], quant["measured"]["measured_avg_bits"], quant["avg_bits"],
+             quant["parity"]["max_abs_logit_err"], quant["parity"]["ppl_diff"])
+    if not save:
+        return None
+    summary = {k: v for k, v in quant.items() if k != "layers"}
+    meta = {"method": {"name": method.name, "label": method.label(), "options": vars(method.config)},
+            "run_id": run_id, "quantization": summary, "source_model": cfg["model"]}
+    saved = save_packed(model, tokenizer, results_dir / "checkpoints" / run_id, meta)
+    log.info("saved %s (%.1f MB; the fp16 model: %.1f MB)", saved["path"], saved["bytes"] / 2**20,
+             saved["fp16_model_bytes"] / 2**20)
+    return saved
 
 
 def peak_memory(device: str) -> dict[str, float]:

@@ -124,6 +124,7 @@ def quantize_sequential(
     specs = plan_specs(method, all_linear)
 
     per_layer: dict[str, dict[str, Any]] = {}
+    grids: dict[str, Any] = {}
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
     t0 = time.perf_counter()
     for i, layer in enumerate(layers):
@@ -135,10 +136,10 @@ def quantize_sequential(
                     continue
                 method.collect(layer, full, inps, kwargs)
                 for name, mod in full.items():
-                    quantize_one(method, name, mod, specs[name], per_layer, hook, run)
+                    quantize_one(method, name, mod, specs[name], per_layer, hook, run, grids)
             inps = run_block(layer, inps, kwargs)  # the quantized layer's outputs feed the next one
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
-    summary = summarize(all_linear, specs, per_layer)
+    summary = {**summarize(all_linear, specs, per_layer), "grids": grids}
     if sensitivity is not None:
         summary["sensitivity"] = {"cached": sensitivity["cached"], "seconds": sensitivity["seconds"],
                                   "scores": sensitivity["scores"]}

@@ -9,6 +9,8 @@ Follows the reference ``gptq.py`` of IST-DASLab/gptq:
   spread over the block's remaining columns, then a lazy batch update of the columns after it;
 - ``group_size``: grid parameters found on the (partly updated) weights when a group starts, or,
   with ``static_groups``, on the original weights before any update.
+The integer grid actually used (per-group scale/zero, and ``g_idx`` when act-order permutes the
+dynamic groups) is returned under ``stats["grid"]`` for packing; the driver pops it before the record.
 Deviation: if the Cholesky factorization fails, damping is raised ×10 (up to 6 times) and the
 number of retries is recorded, instead of crashing.
 """
@@ -24,7 +26,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.hookspecs import hookimpl
 from harness.method import Method
-from harness.quant import QuantSpec, check_bits, find_params, quantize, relative_error
+from harness.quant import GRID_KEY, Grid, QuantSpec, check_bits, find_params, quantize, relative_error
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,12 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, retries: int = 6) -
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqConfig) -> tuple[torch.Tensor, dict]:
-    """Quantize ``W`` (d_out, d_in) against Hessian ``H`` (d_in, d_in); return ``Q`` and stats."""
+    """Quantize ``W`` (d_out, d_in) against Hessian ``H`` (d_in, d_in); return ``Q`` and stats.
+
+    ``stats["grid"]`` is the ``Grid`` used: scale, zero (d_out, G) in group order; with act-order and
+    dynamic groups, group ``j`` is the j-th block of g columns *in the permuted order* and ``g_idx``
+    (d_in,) maps each original column to its group.
+    """
     W = W.clone().float()
     H = H.clone()
     d_out, d_in = W.shape
@@ -78,6 +85,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqCo
     groups = []
     if g != -1 and cfg.static_groups:
         groups = [find_params(W[:, c : c + g], spec.bits, spec.sym) for c in range(0, d_in, g)]
+    G = 1 if g == -1 else d_in // g
+    scales, zeros = torch.zeros(d_out, G, device=W.device), torch.zeros(d_out, G, device=W.device)
+    if g == -1:
+        scales[:], zeros[:] = scale, zero
+    elif cfg.static_groups:
+        scales[:], zeros[:] = torch.cat([s for s, _ in groups], 1), torch.cat([z for _, z in groups], 1)
     perm = None
     if cfg.act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
@@ -99,6 +112,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqCo
                     scale, zero = groups[(int(perm[col]) if perm is not None else col) // g]
                 elif col % g == 0:
                     scale, zero = find_params(W[:, col : col + g], spec.bits, spec.sym)
+                    scales[:, col // g : col // g + 1], zeros[:, col // g : col // g + 1] = scale, zero
             q = quantize(w.unsqueeze(1), scale, zero, spec.maxq).flatten()  # (d_out,)
             Q1[:, i] = q
             Losses1[:, i] = (w - q) ** 2 / d**2
@@ -108,9 +122,14 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqCo
         Q[:, i1:i2] = Q1
         Losses[:, i1:i2] = Losses1 / 2
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])  # lazy batch update of the later columns
+    g_idx = None
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
-    return Q, {"loss": float(Losses.sum()), "damp_retries": retries}
+        if g != -1 and not cfg.static_groups:  # group of original column perm[j] is j // g
+            g_idx = torch.empty(d_in, dtype=torch.long, device=W.device)
+            g_idx[perm] = torch.arange(d_in, device=W.device) // g
+    grid = Grid(scales, zeros, g_idx)
+    return Q, {"loss": float(Losses.sum()), "damp_retries": retries, GRID_KEY: grid}
 
 
 class Gptq(Method):

@@ -14,7 +14,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.hookspecs import hookimpl
 from harness.method import Method
-from harness.quant import QuantSpec, check_bits, relative_error, rtn
+from harness.quant import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Rtn(Method):
         qw = rtn(W, spec, layer=name)
         err = relative_error(W, qw.Q)
         layer.weight.data.copy_(qw.Q)
-        return {"err": err}
+        return {"err": err, GRID_KEY: Grid(qw.scale, qw.zero)}
 
 
 @hookimpl

@@ -13,6 +13,13 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub / datasets
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
+import torch  # noqa: E402
+
+# Without CUDA, Triton kernels run in the interpreter (set before harness.kernels is imported: the
+# @triton.jit decorator reads it). Subprocesses (CLI tests) inherit it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
