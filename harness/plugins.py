@@ -20,6 +20,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.fp16",
     "methods.rtn",
     "methods.gptq",
+    "methods.owq",
+    "methods.pbllm",
     "tasks.perplexity",
     "harness.observers.records",
     "harness.observers.console",
