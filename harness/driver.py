@@ -101,17 +101,24 @@ def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dic
 def summarize(
     layers: dict[str, nn.Linear], specs: dict[str, QuantSpec], per_layer: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Average bits over the decoder's linear weights (unquantized ones count as 16 bits)."""
+    """Average bits over the decoder's linear weights (unquantized ones count as 16 bits).
+
+    A layer's info may carry its own ``bits_per_weight`` (see ``reported_bits``) and
+    ``packable: false`` with a ``packable_reason``: then the summary says the evaluation used
+    fake-quant weights.
+    """
     shapes = [(layers[n].out_features, layers[n].in_features, s) for n, s in specs.items()]
     n_total = sum(m.weight.numel() for m in layers.values())
     n_quant = sum(o * i for o, i, _ in shapes)
-    if n_quant:
+    if n_quant and any("bits_per_weight" in per_layer.get(n, {}) for n in specs):
+        bits, bits_overhead = reported_bits(layers, specs, per_layer)
+    elif n_quant:
         bits, bits_overhead = average_bits(shapes)
     else:
         bits = bits_overhead = 16.0
     # Weights left in fp16 (none for the uniform methods) count at 16 bits.
     frac = n_quant / n_total if n_total else 0.0
-    return {
+    out = {
         "avg_bits": bits * frac + 16.0 * (1 - frac),
         "avg_bits_with_overhead": bits_overhead * frac + 16.0 * (1 - frac),
         "quantized_params": n_quant,
@@ -121,3 +128,30 @@ def summarize(
         "bit_plan": {n: s.bits for n, s in specs.items()},
         "layers": per_layer,
     }
+    reasons = sorted({i.get("packable_reason", "") for i in per_layer.values() if i.get("packable") is False})
+    if reasons:  # the evaluation ran on dequantized ("fake-quant") weights; say so in the record
+        out["packable"] = False
+        out["evaluation_weights"] = "fake-quant"
+        out["packable_reason"] = "; ".join(r for r in reasons if r) or "not representable by the packed kernels"
+    return out
+
+
+def reported_bits(
+    layers: dict[str, nn.Linear], specs: dict[str, QuantSpec], per_layer: dict[str, dict[str, Any]]
+) -> tuple[float, float]:
+    """Weight-averaged (bits, bits with overhead) when layers report their own ``bits_per_weight``.
+
+    Methods whose layers are not one uniform grid (OWQ's fp16 columns, PB-LLM's binarized weights
+    and mask) put ``bits_per_weight`` (and optionally ``bits_per_weight_with_overhead``) in the
+    info ``quantize_layer`` returns; other layers count ``spec.bits`` as in ``average_bits``.
+    """
+    total = bits = bits_overhead = 0.0
+    for name, spec in specs.items():
+        d_out, d_in = layers[name].out_features, layers[name].in_features
+        info = per_layer.get(name, {})
+        b = float(info.get("bits_per_weight", spec.bits))
+        bo = float(info.get("bits_per_weight_with_overhead", b + spec.overhead_bits(d_in)))
+        total += d_out * d_in
+        bits += d_out * d_in * b
+        bits_overhead += d_out * d_in * bo
+    return bits / total, bits_overhead / total

@@ -21,6 +21,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.rtn",
     "methods.gptq",
     "methods.aptq",
+    "methods.owq",
+    "methods.pbllm",
     "tasks.perplexity",
     "tasks.zeroshot",
     "harness.observers.records",

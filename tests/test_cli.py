@@ -10,15 +10,17 @@ TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "prof
 
 def test_bad_inputs_give_one_line_errors(tmp_path):
     cases = {
-        "method=nope": "unknown method 'nope'; known: aptq, fp16, gptq, rtn",
+        "method=nope": "unknown method 'nope'; known: aptq, fp16, gptq, owq, pbllm, rtn",
         "ratio=1.5": "ratio=1.5 is outside [0, 1]",
         "bits=5": "bits=5 is not supported; choose one of 2, 3, 4, 8",
         f"data_dir={tmp_path}/missing": f"data directory {tmp_path}/missing (from data_dir) does not exist",
         "task=[wikitext3]": "unknown task 'wikitext3'",
         "group_size=128": "group_size=128 does not divide in_features=64",
+        "method=owq bits=4 method.target_bits=3.5": "target_bits=3.5 must be in [bits=4, 16)",
+        "method=pbllm method.salient_frac=1.5": "salient_frac=1.5 is outside (0, 1)",
     }
     for override, message in cases.items():
-        res = run_cli("harness", *TINY, f"results_dir={tmp_path}", override)
+        res = run_cli("harness", *TINY, f"results_dir={tmp_path}", *override.split())
         assert res.returncode == 2, (override, res.stderr[-2000:])
         errors = [line for line in res.stderr.splitlines() + res.stdout.splitlines() if "[ERROR]" in line]
         assert len(errors) == 1 and message in errors[0], (override, res.stderr[-2000:])
@@ -67,6 +69,6 @@ def test_multirun_sweep_and_report(tmp_path):
 
 def test_help_and_cfg_job():
     res = run_cli("harness", "--help")
-    assert res.returncode == 0 and "method: aptq, fp16, gptq, rtn" in res.stdout
+    assert res.returncode == 0 and "method: aptq, fp16, gptq, owq, pbllm, rtn" in res.stdout
     res = run_cli("harness", "--cfg", "job", "method=rtn", "bits=2")
     assert res.returncode == 0 and "bits: 2" in res.stdout

@@ -10,7 +10,7 @@ from harness.plugins import make_plugins
 
 def test_builtin_methods_and_tasks_are_registered():
     plugins = make_plugins()
-    assert {"fp16", "rtn", "gptq"} <= set(plugins.methods.names())
+    assert {"fp16", "rtn", "gptq", "owq", "pbllm"} <= set(plugins.methods.names())
     assert {"wikitext2", "c4"} <= set(plugins.tasks.names())
 
 
