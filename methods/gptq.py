@@ -6,7 +6,8 @@ Follows the reference ``gptq.py`` of IST-DASLab/gptq:
 - optional ``act_order``: columns in order of decreasing ``diag(H)``;
 - dampening ``percdamp · mean(diag H)``; ``Hinv`` = upper Cholesky factor of ``H⁻¹``;
 - blocks of ``blocksize`` columns, each column quantized, its error ``Err = (w − q) / Hinv_jj``
-  spread over the block's remaining columns, then a lazy batch update of the columns after it;
+  spread over the block's remaining columns, then a lazy batch update of the columns after it
+  (the loop is ``harness.compensate.compensated_quantize``, shared with OWQ and GPTQ-PB);
 - ``group_size``: grid parameters found on the (partly updated) weights when a group starts, or,
   with ``static_groups``, on the original weights before any update.
 The integer grid actually used (per-group scale/zero, and ``g_idx`` when act-order permutes the
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.compensate import compensated_quantize, drop_dead_inputs
 from harness.errors import ConfigError
 from harness.hookspecs import hookimpl
 from harness.method import Method
@@ -79,9 +81,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqCo
     d_out, d_in = W.shape
     g = spec.group_size
     scale, zero = find_params(W, spec.bits, spec.sym)  # per-channel grid (d_out, 1), before dead columns
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    drop_dead_inputs(W, H)
     groups = []
     if g != -1 and cfg.static_groups:
         groups = [find_params(W[:, c : c + g], spec.bits, spec.sym) for c in range(0, d_in, g)]
@@ -96,32 +96,19 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqCo
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
     Hinv, retries = inverse_hessian_factor(H, cfg.percdamp)
-    Q = torch.zeros_like(W)
-    Losses = torch.zeros_like(W)
-    B = cfg.blocksize
-    for i1 in range(0, d_in, B):
-        i2 = min(i1 + B, d_in)
-        W1 = W[:, i1:i2].clone()  # (d_out, count)
-        Q1, Err1, Losses1 = torch.zeros_like(W1), torch.zeros_like(W1), torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            w, d = W1[:, i], Hinv1[i, i]
-            if g != -1:
-                col = i1 + i
-                if cfg.static_groups:
-                    scale, zero = groups[(int(perm[col]) if perm is not None else col) // g]
-                elif col % g == 0:
-                    scale, zero = find_params(W[:, col : col + g], spec.bits, spec.sym)
-                    scales[:, col // g : col // g + 1], zeros[:, col // g : col // g + 1] = scale, zero
-            q = quantize(w.unsqueeze(1), scale, zero, spec.maxq).flatten()  # (d_out,)
-            Q1[:, i] = q
-            Losses1[:, i] = (w - q) ** 2 / d**2
-            err1 = (w - q) / d
-            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-            Err1[:, i] = err1
-        Q[:, i1:i2] = Q1
-        Losses[:, i1:i2] = Losses1 / 2
-        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])  # lazy batch update of the later columns
+
+    def quantize_column(col: int, w: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """GPTQ's uniform grid for column ``col``; a group's grid is found when the group starts."""
+        nonlocal scale, zero
+        if g != -1:
+            if cfg.static_groups:
+                scale, zero = groups[(int(perm[col]) if perm is not None else col) // g]
+            elif col % g == 0:
+                scale, zero = find_params(W[:, col : col + g], spec.bits, spec.sym)
+                scales[:, col // g : col // g + 1], zeros[:, col // g : col // g + 1] = scale, zero
+        return quantize(w.unsqueeze(1), scale, zero, spec.maxq).flatten()  # (d_out,)
+
+    Q, loss = compensated_quantize(W, Hinv, quantize_column, blocksize=cfg.blocksize)
     g_idx = None
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
@@ -129,7 +116,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqCo
             g_idx = torch.empty(d_in, dtype=torch.long, device=W.device)
             g_idx[perm] = torch.arange(d_in, device=W.device) // g
     grid = Grid(scales, zeros, g_idx)
-    return Q, {"loss": float(Losses.sum()), "damp_retries": retries, GRID_KEY: grid}
+    return Q, {"loss": loss, "damp_retries": retries, GRID_KEY: grid}
 
 
 class Gptq(Method):
