@@ -20,10 +20,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.driver import decoder_layers  # noqa: E402
-from harness.method import build_config  # noqa: E402
+from harness.method import build_config, run_block  # noqa: E402
 from harness.model import ModelConfig, load_model  # noqa: E402
 from harness.quant import QuantSpec, rtn  # noqa: E402
-from harness.sequential import _run_layer, capture_inputs  # noqa: E402
+from harness.sequential import capture_inputs  # noqa: E402
 from harness.windows import CalibrationSpec, calibration_windows  # noqa: E402
 from methods.gptq import Gptq, GptqConfig, gptq_quantize  # noqa: E402
 from methods.owq import OwqConfig, allocate_fp16_columns, layer_bits, owq_quantize  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     inps, kwargs = capture_inputs(model, windows[: args.windows], "cpu")
     _, layers = decoder_layers(model)
     for i in range(args.layer):
-        inps = _run_layer(layers[i], inps, kwargs)
+        inps = run_block(layers[i], inps, kwargs)
     block = layers[args.layer]
     linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
     stats, xs = Gptq(GptqConfig()), {}
@@ -68,7 +68,7 @@ def main() -> None:
         xs.setdefault(name, []).append(X[0])
 
     hooks = [m.register_forward_hook(lambda _m, inp, _o, n=n: record(n, inp[0])) for n, m in linears.items()]
-    _run_layer(block, inps, kwargs)
+    run_block(block, inps, kwargs)
     for h in hooks:
         h.remove()
     all_shapes = {n: (m.out_features, m.in_features) for n, m in linears.items()}

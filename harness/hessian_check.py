@@ -16,30 +16,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from methods.aptq import ATTN_PROJ, Aptq, AptqConfig
+from harness.method import StopForward
+from methods.aptq import ATTN_PROJ, Aptq, AptqConfig, find_o_proj
 from methods.gptq import Gptq, GptqConfig
-
-
-class _Stop(Exception):
-    pass
 
 
 @torch.no_grad()
 def attention_outputs(block: nn.Module, inps: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     """The block's attention output F (n, T, d_model) = o_proj's output, window by window."""
-    o_proj = next(m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] == "o_proj")
+    o_proj = find_o_proj(block)
     outs = []
 
     def stop(_m, _i, out):
         outs.append(out.detach().clone())
-        raise _Stop
+        raise StopForward
 
     h = o_proj.register_forward_hook(stop)
     try:
         for j in range(inps.shape[0]):
             try:
                 block(inps[j : j + 1], **kwargs)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         h.remove()

@@ -43,6 +43,10 @@ def build_config(cls: type, options: dict[str, Any], what: str) -> Any:
         raise ConfigError(f"{what}: {err}") from None
 
 
+class StopForward(Exception):
+    """Raised by a forward hook to end a pass early, once it has what it needs (drivers catch it)."""
+
+
 def run_block(block: nn.Module, inps: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     """Run one decoder block over the calibration inputs ``inps`` (n, T, d), one window at a time."""
     outs = torch.empty_like(inps)

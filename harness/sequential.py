@@ -25,15 +25,11 @@ import torch
 from torch import nn
 
 from harness.driver import decoder_layers, linear_layers, on_device, plan_specs, quantize_one, summarize
-from harness.method import Method, run_block
+from harness.method import Method, StopForward, run_block
 from harness.sensitivity import cached_sensitivities, windows_hash
 
 STAGES = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 DROP_KWARGS = ("past_key_value", "past_key_values", "use_cache", "layer_past")
-
-
-class _Stop(Exception):
-    pass
 
 
 class Catcher(nn.Module):
@@ -48,7 +44,7 @@ class Catcher(nn.Module):
         self.inps.append(hidden_states.detach())
         self.kwargs.clear()
         self.kwargs.update({k: v for k, v in kwargs.items() if k not in DROP_KWARGS})
-        raise _Stop
+        raise StopForward
 
 
 @torch.no_grad()
@@ -71,7 +67,7 @@ def capture_inputs(model: nn.Module, windows: torch.Tensor, device: str) -> tupl
         for j in range(windows.shape[0]):
             try:
                 model(input_ids=windows[j : j + 1].to(device), use_cache=False)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         model.to(home)
@@ -91,9 +87,6 @@ def stages(names: list[str], true_sequential: bool) -> list[list[str]]:
             seen.update(group)
     rest = [n for n in names if n not in seen]
     return out + ([rest] if rest else [])
-
-
-_run_layer = run_block  # kept for callers of the old name
 
 
 @torch.no_grad()

@@ -45,6 +45,7 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.hookspecs import hookimpl
+from harness.method import StopForward
 from harness.quant import rtn
 from methods.gptq import Gptq, GptqConfig
 
@@ -87,8 +88,13 @@ class AptqConfig:
             raise ConfigError(f"probes={self.probes} must be ≥ 1")
 
 
-class _Stop(Exception):
-    """Raised by the o_proj hook: the rest of the block is not needed for the attention Hessian."""
+def find_o_proj(block: nn.Module) -> nn.Linear:
+    """The attention output projection of a decoder block (its output is F, the attention output)."""
+    o_proj = next((m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] == "o_proj"), None)
+    if o_proj is None:
+        raise ConfigError(f"APTQ's attention Hessian needs an o_proj in {type(block).__name__}; "
+                          f"use method.hessian=layer for this model")
+    return o_proj
 
 
 def allocate(scores: dict[str, float], numel: dict[str, int], ratio: float, high: int, low: int) -> dict[str, int]:
@@ -131,7 +137,7 @@ def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Lin
     def at_o_proj(_m, _inp, out):
         cap["F"] = out
         if not full:
-            raise _Stop
+            raise StopForward
 
     handles = [m.register_forward_hook(lambda mo, i, o, name=n: leaf(mo, i, o, name)) for n, m in attn.items()]
     handles.append(o_proj.register_forward_hook(at_o_proj))
@@ -139,7 +145,7 @@ def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Lin
     try:
         with torch.enable_grad():
             out = block(x, **kwargs)
-    except _Stop:
+    except StopForward:
         pass
     finally:
         for h in handles:
@@ -223,10 +229,7 @@ class Aptq(Gptq):
         The other modules ``rest`` get GPTQ's H from the same forward pass; then the whole block
         runs and its outputs (n, T, d) are returned (else the pass stops at o_proj: None).
         """
-        o_proj = next((m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] == "o_proj"), None)
-        if o_proj is None:
-            raise ConfigError(f"APTQ's attention Hessian needs an o_proj in {type(block).__name__}; "
-                              f"use method.hessian=layer for this model")
+        o_proj = find_o_proj(block)
         names, rest = list(attn), rest or {}
         handles = [m.register_forward_hook(lambda _m, inp, _o, name=n: self.add_batch(name, inp[0].detach()))
                    for n, m in rest.items()]

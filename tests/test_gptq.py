@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from harness.driver import decoder_layers
+from harness.method import run_block
 from harness.model import ModelConfig, load_model
 from harness.quant import QuantSpec, rtn
-from harness.sequential import _run_layer, capture_inputs, stages
+from harness.sequential import capture_inputs, stages
 from methods.gptq import Gptq, GptqConfig, gptq_quantize
 
 
@@ -76,7 +77,7 @@ def test_captured_inputs_are_per_window_with_no_cache(tiny):
     assert inps.shape == (3, 16, 64)
     assert not {"past_key_value", "past_key_values", "use_cache"} & set(kwargs)
     _, layers = decoder_layers(tiny)
-    outs = _run_layer(layers[0], inps, kwargs)
+    outs = run_block(layers[0], inps, kwargs)
     for j in range(3):  # each window alone, as the model itself computes it
         hs = tiny(input_ids=windows[j : j + 1], output_hidden_states=True).hidden_states
         assert torch.allclose(inps[j], hs[0][0], atol=1e-5)
