@@ -110,6 +110,7 @@ def test_pbllm_end_to_end_on_a_tiny_model(tiny_cfg):
         rec = execute(tiny_cfg("method=pbllm", "method.salient_frac=0.2", "task=[wikitext2]", *overrides))
         q = rec["quantization"]
         assert rec["method"]["label"] == label and (rec["calibration"] is not None) == calibrated
+        assert rec["run_id"].split("__")[0].endswith(label.replace("% ", "-").replace(" ", "-"))  # no `bits`, no w-tag
         assert q["avg_bits"] == pytest.approx(3.4, abs=1e-3)
         assert q["packable"] is False and q["evaluation_weights"] == "fake-quant"
         assert all(i["salient"] == round(0.2 * i["numel"]) for i in q["layers"].values())
