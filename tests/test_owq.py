@@ -83,7 +83,7 @@ def test_bad_target_bits_is_one_line(bits, target, message):
 def test_owq_end_to_end_on_a_tiny_model(tiny_cfg):
     from harness.run import execute
 
-    rec = execute(tiny_cfg("method=owq", "bits=3", "task=[wikitext2]"))
+    rec = execute(tiny_cfg("method=owq", "bits=3", "task=[wikitext2,c4,arc_easy]", "task.arc_easy.limit=3"))
     q = rec["quantization"]
     assert rec["method"]["label"] == "OWQ 3.01" and rec["method"]["options"]["target_bits"] == 3.01
     assert 3.0 < q["avg_bits"] <= 3.01 and q["avg_bits_with_overhead"] > q["avg_bits"]
@@ -91,7 +91,8 @@ def test_owq_end_to_end_on_a_tiny_model(tiny_cfg):
     layers = q["layers"].values()
     assert sum(i["fp16_columns"] for i in layers) > 0
     assert all(len(i["fp16_column_ids"]) == i["fp16_columns"] for i in layers)
-    assert rec["metrics"]["wikitext2"]["ppl"] > 1
+    assert rec["metrics"]["wikitext2"]["ppl"] > 1 and rec["metrics"]["c4"]["ppl"] > 1  # fake-quant through every task
+    assert rec["metrics"]["arc_easy"]["items"] == 3 and 0 <= rec["metrics"]["arc_easy"]["acc"] <= 1
 
 
 def test_target_bits_follow_bits_in_the_config():

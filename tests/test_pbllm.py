@@ -107,11 +107,12 @@ def test_pbllm_end_to_end_on_a_tiny_model(tiny_cfg):
     for overrides, label, calibrated in ((["method.compensate=false", "method.salience=magnitude"],
                                           "PB-LLM 20% magnitude", False),
                                          ([], "GPTQ-PB 20% hessian", True)):
-        rec = execute(tiny_cfg("method=pbllm", "method.salient_frac=0.2", "task=[wikitext2]", *overrides))
+        rec = execute(tiny_cfg("method=pbllm", "method.salient_frac=0.2", "task=[wikitext2,piqa]", "task.piqa.limit=3",
+                               *overrides))
         q = rec["quantization"]
         assert rec["method"]["label"] == label and (rec["calibration"] is not None) == calibrated
         assert rec["run_id"].split("__")[0].endswith(label.replace("% ", "-").replace(" ", "-"))  # no `bits`, no w-tag
         assert q["avg_bits"] == pytest.approx(3.4, abs=1e-3)
         assert q["packable"] is False and q["evaluation_weights"] == "fake-quant"
         assert all(i["salient"] == round(0.2 * i["numel"]) for i in q["layers"].values())
-        assert rec["metrics"]["wikitext2"]["ppl"] > 1
+        assert rec["metrics"]["wikitext2"]["ppl"] > 1 and rec["metrics"]["piqa"]["items"] == 3  # fake-quant, every task
