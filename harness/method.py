@@ -3,7 +3,8 @@
 A method is a class with
 - ``name``: the key in ``conf/method/<name>.yaml`` and in ``method=<name>``;
 - ``Config``: a dataclass of its options, validated in ``__post_init__``;
-- ``knobs``: which top-level knobs (``bits``, ``group_size``, ``sym``, ``ratio``) its config
+- ``knobs``: which top-level knobs (``bits``, ``group_size``, ``sym``, ``ratio``, ``act_order``,
+  ``true_sequential``) its config
   interpolates, so an override of a knob it does not use is reported instead of silently ignored;
 - ``add_batch(name, X)``: statistics hook (calibrated methods accumulate e.g. a Hessian from the
   layer inputs ``X``); RTN needs none;

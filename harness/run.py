@@ -37,7 +37,7 @@ from harness.windows import CalibrationSpec, calibration_windows
 
 log = logging.getLogger(__name__)
 
-KNOBS = ("bits", "group_size", "sym", "ratio")
+KNOBS = ("bits", "group_size", "sym", "ratio", "act_order", "true_sequential")
 
 
 @dataclass
@@ -64,6 +64,9 @@ def validate_knobs(cfg: dict[str, Any]) -> None:
     if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
         raise ConfigError(f"ratio={ratio} is outside [0, 1]; it is the fraction of weights kept at 4 bits")
     check_bits(cfg.get("bits"))
+    for knob in ("act_order", "true_sequential", "sym"):
+        if not isinstance(cfg.get(knob, False), bool):
+            raise ConfigError(f"{knob}={cfg.get(knob)!r} must be true or false")
     if not isinstance(cfg.get("seed"), int):
         raise ConfigError(f"seed={cfg.get('seed')!r} must be an integer")
 

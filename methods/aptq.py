@@ -160,7 +160,7 @@ def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Lin
 class Aptq(Gptq):
     name = "aptq"
     Config = AptqConfig
-    knobs = frozenset({"ratio", "group_size", "sym"})
+    knobs = frozenset({"ratio", "group_size", "sym", "act_order", "true_sequential"})
 
     def label(self) -> str:
         c = self.config

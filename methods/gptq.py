@@ -122,7 +122,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqCo
 class Gptq(Method):
     name = "gptq"
     Config = GptqConfig
-    knobs = frozenset({"bits", "group_size", "sym"})
+    knobs = frozenset({"bits", "group_size", "sym", "act_order", "true_sequential"})
     needs_calibration = True
 
     def __init__(self, config: GptqConfig) -> None:

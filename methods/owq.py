@@ -147,7 +147,7 @@ class Owq(Gptq):
 
     name = "owq"
     Config = OwqConfig
-    knobs = frozenset({"bits", "group_size", "sym"})
+    knobs = frozenset({"bits", "group_size", "sym", "act_order", "true_sequential"})
     needs_calibration = True
 
     def __init__(self, config: OwqConfig) -> None:

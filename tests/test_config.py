@@ -47,6 +47,25 @@ def test_top_level_knobs_reach_the_method():
     assert (m.config.bits, m.config.group_size, m.config.sym) == (3, 64, True)
 
 
+@pytest.mark.parametrize("method", ["gptq", "aptq", "owq"])
+def test_solver_knobs_reach_every_gptq_family_method(method):
+    cfg = compose_cfg([f"method={method}", "act_order=true", "true_sequential=true", "group_size=64"])
+    m, _, _, _ = build(cfg, make_plugins())
+    assert (m.config.act_order, m.config.true_sequential, m.config.group_size) == (True, True, 64)
+    assert not build(compose_cfg([f"method={method}"]), make_plugins())[0].config.act_order  # reference default
+
+
+def test_solver_knobs_are_reported_ignored_by_other_methods_and_validated():
+    from harness.errors import ConfigError
+    from harness.run import ignored_overrides
+
+    m, _, _, _ = build(compose_cfg(["method=rtn", "act_order=true"]), make_plugins())
+    (msg,) = ignored_overrides(["act_order=true"], m)
+    assert "act_order=true does not apply to method rtn" in msg
+    with pytest.raises(ConfigError, match="true_sequential='yes' must be true or false"):
+        build(compose_cfg(["method=gptq", "true_sequential=yes"]), make_plugins())
+
+
 def test_paper_profile_is_the_full_protocol():
     cfg = compose_cfg(["profile=paper"])
     assert cfg["task"]["wikitext2"]["seqlen"] == 2048 and cfg["task"]["wikitext2"]["n_windows"] is None
