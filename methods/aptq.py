@@ -168,7 +168,8 @@ class Aptq(Gptq):
         tags = [f"g{c.group_size}" if c.group_size != -1 else "", "act" if c.act_order else "",
                 "ts" if c.true_sequential else "", "sym" if c.sym else "",
                 "H-layer" if c.hessian == "layer" else "",
-                c.sensitivity if c.sensitivity != "trace" and 0 < c.ratio < 1 else ""]
+                c.sensitivity if c.sensitivity != "trace" and 0 < c.ratio < 1 else "",
+                f"seed{c.seed}" if c.sensitivity == "random" and 0 < c.ratio < 1 else ""]  # one draw per seed
         return " ".join([base, *[t for t in tags if t]])
 
     @property

@@ -141,7 +141,7 @@ def test_end_to_end_mixed_run_records_plan_and_caches_sensitivities(tiny_cfg, ca
 
 def test_random_control_and_layer_hessian_ablation_run(tiny_cfg):
     rec = execute(tiny_cfg("method=aptq", "ratio=0.5", "method.sensitivity=random", "task=[wikitext2]"))
-    assert "sensitivity" not in rec["quantization"] and rec["method"]["label"] == "APTQ-50% random"
+    assert "sensitivity" not in rec["quantization"] and rec["method"]["label"] == "APTQ-50% random seed0"
     rec = execute(tiny_cfg("method=aptq", "ratio=1.0", "method.hessian=layer", "task=[wikitext2]"))
     assert set(rec["quantization"]["bit_plan"].values()) == {4} and rec["method"]["label"] == "APTQ H-layer"
 
