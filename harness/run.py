@@ -128,10 +128,9 @@ def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list
         **({"pack": True} if pack else {}),  # evaluation runs on the packed model
     }
     results_dir = Path(cfg["results_dir"]).expanduser()
-    # mixed-precision methods carry their bit budget (ratio) in the label already; methods without a
-    # `bits` knob (fp16, pbllm) have none to add
-    bits = cfg["method"].get("bits")
-    tag = method.label() if "ratio" in method.knobs or bits is None else f"{method.label()} w{bits}"
+    # only methods with one `bits` knob get it in the tag: mixed precision (ratio) carries its budget
+    # in the label already, fp16 and pbllm have none
+    tag = f"{method.label()} w{method.config.bits}" if "bits" in method.knobs else method.label()
     run_id = make_run_id(model_cfg.name, tag, identity)
     if not cfg.get("force") and not save and (done := completed(results_dir, run_id)):
         log.info("skipping %s: a complete record exists (force=true runs it again)", run_id)

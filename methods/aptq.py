@@ -160,14 +160,12 @@ def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Lin
 class Aptq(Gptq):
     name = "aptq"
     Config = AptqConfig
-    knobs = frozenset({"ratio", "group_size", "sym", "act_order", "true_sequential"})
+    knobs = Gptq.knobs - {"bits"} | {"ratio"}  # high_bits/low_bits and ratio instead of one bits
 
     def label(self) -> str:
         c = self.config
         base = "APTQ" if c.ratio == 1 else f"APTQ-{round(100 * c.ratio)}%"
-        tags = [f"g{c.group_size}" if c.group_size != -1 else "", "act" if c.act_order else "",
-                "ts" if c.true_sequential else "", "sym" if c.sym else "",
-                "H-layer" if c.hessian == "layer" else "",
+        tags = [*self.solver_tags(), "H-layer" if c.hessian == "layer" else "",
                 c.sensitivity if c.sensitivity != "trace" and 0 < c.ratio < 1 else "",
                 f"seed{c.seed}" if c.sensitivity == "random" and 0 < c.ratio < 1 else ""]  # one draw per seed
         return " ".join([base, *[t for t in tags if t]])

@@ -130,11 +130,15 @@ class Gptq(Method):
         self.H: dict[str, torch.Tensor] = {}  # per layer: (d_in, d_in) float32
         self.nsamples: dict[str, int] = {}
 
-    def label(self) -> str:
+    def solver_tags(self) -> list[str]:
+        """Label tags of the grid and solver options that differ from the reference defaults."""
         c = self.config
         tags = [f"g{c.group_size}" if c.group_size != -1 else "", "act" if c.act_order else "",
                 "ts" if c.true_sequential else "", "sym" if c.sym else ""]
-        return " ".join(["GPTQ", *[t for t in tags if t]])
+        return [t for t in tags if t]
+
+    def label(self) -> str:
+        return " ".join(["GPTQ", *self.solver_tags()])
 
     def add_batch(self, name: str, X: torch.Tensor) -> None:
         X = X.unsqueeze(0) if X.dim() == 2 else X  # (B, T, d_in)

@@ -146,19 +146,14 @@ class Owq(Gptq):
     """GPTQ's Hessian statistics (``add_batch``) and driver; quantization keeps weak columns in fp16."""
 
     name = "owq"
-    Config = OwqConfig
-    knobs = frozenset({"bits", "group_size", "sym", "act_order", "true_sequential"})
-    needs_calibration = True
+    Config = OwqConfig  # knobs and needs_calibration: GPTQ's
 
     def __init__(self, config: OwqConfig) -> None:
         super().__init__(config)
         self.fp16_columns: dict[str, int] = {}
 
     def label(self) -> str:
-        c = self.config
-        tags = [f"g{c.group_size}" if c.group_size != -1 else "", "act" if c.act_order else "",
-                "ts" if c.true_sequential else "", "sym" if c.sym else ""]
-        return " ".join([f"OWQ {c.target_bits:g}", *[t for t in tags if t]])
+        return " ".join([f"OWQ {self.config.target_bits:g}", *self.solver_tags()])
 
     def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
         """Uniform ``bits`` for the quantized columns; also fixes each layer's fp16 column count."""
