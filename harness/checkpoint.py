@@ -100,7 +100,7 @@ def read_quant_config(folder: Path) -> dict[str, Any]:
 def load_packed(folder: str | os.PathLike, dtype: torch.dtype, device: str) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a packed model from ``folder``; returns (model in eval mode on ``device``, quantization.json)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder).expanduser()
@@ -108,11 +108,12 @@ def load_packed(folder: str | os.PathLike, dtype: torch.dtype, device: str) -> t
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise ConfigError(f"checkpoint {folder}: {WEIGHTS_FILE} is missing")
-    if sha256_file(weights) != quant.get("weights_sha256"):
+    data = weights.read_bytes()  # read once: hashed, then parsed
+    if hashlib.sha256(data).hexdigest() != quant.get("weights_sha256"):
         raise ConfigError(f"checkpoint {folder}: {WEIGHTS_FILE} does not match the SHA-256 in {QUANT_FILE} "
                           f"(corrupt or replaced); re-save it")
     try:
-        state = load_file(str(weights))
+        state = load(data)
     except (SafetensorError, OSError) as err:
         raise ConfigError(f"checkpoint {folder}: cannot read {WEIGHTS_FILE} ({err})") from None
     config = AutoConfig.from_pretrained(folder)

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from harness.method import Method
-from harness.quant import GRID_KEY, QuantSpec, average_bits
+from harness.quant import GRID_KEY, QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,7 @@ def summarize(
     shapes = [(layers[n].out_features, layers[n].in_features, s) for n, s in specs.items()]
     n_total = sum(m.weight.numel() for m in layers.values())
     n_quant = sum(o * i for o, i, _ in shapes)
-    if n_quant and any("bits_per_weight" in per_layer.get(n, {}) for n in specs):
-        bits, bits_overhead = reported_bits(layers, specs, per_layer)
-    elif n_quant:
-        bits, bits_overhead = average_bits(shapes)
-    else:
-        bits = bits_overhead = 16.0
+    bits, bits_overhead = reported_bits(layers, specs, per_layer) if n_quant else (16.0, 16.0)
     # Weights left in fp16 (none for the uniform methods) count at 16 bits.
     frac = n_quant / n_total if n_total else 0.0
     out = {

@@ -44,18 +44,19 @@ def attention_outputs(block: nn.Module, inps: torch.Tensor, kwargs: dict[str, An
 
 
 @torch.no_grad()
-def layer_inputs(block: nn.Module, mods: dict[str, nn.Linear], inps: torch.Tensor,
-                 kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Inputs of each module in ``mods`` over the windows, flattened to (n·T, d_in)."""
+def outputs_and_layer_inputs(block: nn.Module, mods: dict[str, nn.Linear], inps: torch.Tensor,
+                             kwargs: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One pass: the attention outputs (n, T, d_model) and the inputs of each module in ``mods``
+    over the windows, flattened to (n·T, d_in)."""
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in mods}
     hs = [m.register_forward_hook(lambda _m, i, _o, n=n: seen[n].append(i[0].reshape(-1, i[0].shape[-1])))
           for n, m in mods.items()]
     try:
-        attention_outputs(block, inps, kwargs)
+        F = attention_outputs(block, inps, kwargs)
     finally:
         for h in hs:
             h.remove()
-    return {n: torch.cat(v) for n, v in seen.items()}
+    return F, {n: torch.cat(v) for n, v in seen.items()}
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -78,8 +79,8 @@ def perturbation_study(block: nn.Module, inps: torch.Tensor, kwargs: dict[str, A
     aptq.collect(block, mods, inps, kwargs)
     gptq.collect(block, mods, inps, kwargs)
     H = {"aptq": aptq.H, "gptq": gptq.H}  # name → (d_in, d_in)
-    F0 = attention_outputs(block, inps, kwargs)  # (n, T, d_model)
-    X = layer_inputs(block, mods, inps, kwargs)  # name → (n·T, d_in), the inputs each layer sees
+    # F0: (n, T, d_model); X: name → (n·T, d_in), the inputs each layer sees
+    F0, X = outputs_and_layer_inputs(block, mods, inps, kwargs)
     g = torch.Generator().manual_seed(seed)
     rows: list[tuple[str, float, float, float]] = []
     names = list(mods)

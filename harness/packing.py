@@ -49,6 +49,11 @@ def check_packable(K: int, bits: int, group_size: int, layer: str = "") -> None:
     P = codes_per_word(bits)
     if K % P:
         raise ConfigError(f"in_features={K}{where} is not a multiple of {P}: cannot pack {bits}-bit codes into int32")
+    check_group_size(group_size, where)
+
+
+def check_group_size(group_size: int, where: str = "") -> None:
+    """Packed groups are -1 (per-channel) or a power of two ≥ 16 (the kernels' K tiles)."""
     if group_size != -1 and (group_size < 16 or group_size & (group_size - 1)):
         raise ConfigError(f"group_size={group_size}{where} cannot be packed; "
                           f"use -1 or a power of two ≥ 16 with pack=true")

@@ -21,8 +21,8 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.kernels import quant_matmul
-from harness.packing import PACK_BITS, check_packable, codes_per_word, pack_weight, packed_nbytes
-from harness.quant import Grid
+from harness.packing import PACK_BITS, check_group_size, check_packable, codes_per_word, pack_weight, packed_nbytes
+from harness.quant import Grid, dequantize, quantize_int
 
 ON_GRID_TOL = 0.05  # max |Ŵ − W| in grid steps before packing refuses (float rounding is far below)
 
@@ -61,8 +61,8 @@ class QuantLinear(nn.Module):
         G = grid.scale.shape[1]
         s = grid.scale.float().to(W.device).repeat_interleave(K // G, dim=1)  # (N, K)
         z = grid.zero.float().to(W.device).repeat_interleave(K // G, dim=1)
-        codes = torch.clamp(torch.round(W / s + z), 0, 2**bits - 1)
-        off = ((codes - z) * s - W).abs() / s
+        codes = quantize_int(W, s, z, 2**bits - 1)  # zero points are integers: the method's rounding
+        off = (dequantize(codes, s, z) - W).abs() / s
         if off.max() > ON_GRID_TOL:
             raise ValueError(f"{name}: weights are not on the method's {bits}-bit grid (up to {off.max():.3g} "
                              f"steps off); the grid returned with the layer does not match it")
@@ -94,11 +94,10 @@ def check_pack_config(method: Any) -> None:
     if not method.quantizes:
         raise ConfigError(f"pack=true/save=true need a quantizing method; method={method.name} leaves the model as is")
     bits = getattr(cfg, "bits", None)
-    if "ratio" not in method.knobs and bits is not None and bits not in PACK_BITS:
+    if bits is not None and bits not in PACK_BITS:  # mixed methods (APTQ) have no single bits: 2/4 by design
         raise ConfigError(f"pack=true stores 2- and 4-bit weights; bits={bits} cannot be packed (use bits=2 or 4)")
     g = getattr(cfg, "group_size", -1)
-    if g != -1 and (g < 16 or g & (g - 1)):
-        raise ConfigError(f"group_size={g} cannot be packed; use -1 or a power of two ≥ 16 with pack=true")
+    check_group_size(g)
     if getattr(cfg, "act_order", False) and g != -1 and not getattr(cfg, "static_groups", False):
         raise ConfigError("pack=true cannot store act_order with dynamic groups (permuted g_idx); "
                           "set method.static_groups=true or group_size=-1")

@@ -60,17 +60,15 @@ def capture_inputs(model: nn.Module, windows: torch.Tensor, device: str) -> tupl
     kwargs: dict[str, Any] = {}
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
-    home = next(model.parameters()).device
     setattr(parent, attr, nn.ModuleList([Catcher(layers[0], inps, kwargs)]))  # the forward stops at layer 0
     try:
-        model.to(device)
-        for j in range(windows.shape[0]):
-            try:
-                model(input_ids=windows[j : j + 1].to(device), use_cache=False)
-            except StopForward:
-                pass
+        with on_device(model, device):
+            for j in range(windows.shape[0]):
+                try:
+                    model(input_ids=windows[j : j + 1].to(device), use_cache=False)
+                except StopForward:
+                    pass
     finally:
-        model.to(home)
         setattr(parent, attr, layers)
     return torch.cat(inps), kwargs
 

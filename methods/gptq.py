@@ -85,7 +85,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, cfg: GptqCo
     groups = []
     if g != -1 and cfg.static_groups:
         groups = [find_params(W[:, c : c + g], spec.bits, spec.sym) for c in range(0, d_in, g)]
-    G = 1 if g == -1 else d_in // g
+    G = spec.groups(d_in)
     scales, zeros = torch.zeros(d_out, G, device=W.device), torch.zeros(d_out, G, device=W.device)
     if g == -1:
         scales[:], zeros[:] = scale, zero

@@ -37,7 +37,7 @@ from torch import nn
 from harness.compensate import compensated_quantize, drop_dead_inputs
 from harness.errors import ConfigError
 from harness.hookspecs import hookimpl
-from harness.quant import SCALE_BITS, QuantSpec, check_bits, find_params, quantize, relative_error
+from harness.quant import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
 from methods.gptq import Gptq, GptqConfig, inverse_hessian_factor
 
 FP16_BITS = 16
@@ -57,7 +57,6 @@ class OwqConfig:
     true_sequential: bool = False
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
         GptqConfig(self.bits, self.group_size, self.sym, self.percdamp, self.blocksize)  # same validation
         if not isinstance(self.target_bits, (int, float)) or not self.bits <= self.target_bits < FP16_BITS:
             raise ConfigError(f"target_bits={self.target_bits} must be in [bits={self.bits}, {FP16_BITS}): it is the "
@@ -112,8 +111,7 @@ def owq_quantize(
     W: torch.Tensor, H: torch.Tensor, n_out: int, spec: QuantSpec, cfg: OwqConfig
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Quantize ``W`` (d_out, d_in) against ``H`` (d_in, d_in) keeping ``n_out`` weak columns in fp16."""
-    W = W.clone().float()
-    H = H.clone()
+    W = W.float()  # read only until the permutation below copies W and H
     d_out, d_in = W.shape
     weak, sens = weak_columns(W, H, n_out, spec)
     keep = torch.ones(d_in, dtype=torch.bool, device=W.device)

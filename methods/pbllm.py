@@ -34,8 +34,8 @@ from torch import nn
 from harness.compensate import compensated_quantize, drop_dead_inputs
 from harness.errors import ConfigError
 from harness.hookspecs import hookimpl
-from harness.quant import SCALE_BITS, QuantSpec, check_bits, find_params, quantize, relative_error
-from methods.gptq import Gptq, inverse_hessian_factor
+from harness.quant import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
+from methods.gptq import Gptq, GptqConfig, inverse_hessian_factor
 
 SALIENCE = ("magnitude", "hessian")
 MASK_BITS = 1
@@ -59,11 +59,7 @@ class PbllmConfig:
             raise ConfigError(f"salience={self.salience!r} is unknown; choose one of {', '.join(SALIENCE)}")
         if not isinstance(self.compensate, bool):
             raise ConfigError(f"compensate={self.compensate!r} must be true or false")
-        check_bits(self.high_bits)
-        if not 0 < self.percdamp < 1:
-            raise ConfigError(f"percdamp={self.percdamp} must be in (0, 1)")
-        if self.blocksize < 1:
-            raise ConfigError(f"blocksize={self.blocksize} must be ≥ 1")
+        GptqConfig(self.high_bits, percdamp=self.percdamp, blocksize=self.blocksize)  # same validation
 
 
 def pb_bits(n_salient: int, numel: int, high_bits: int = 8) -> float:
@@ -129,9 +125,6 @@ class Pbllm(Gptq):
     def label(self) -> str:
         c = self.config
         return f"{'GPTQ-PB' if c.compensate else 'PB-LLM'} {100 * c.salient_frac:g}% {c.salience}"
-
-    def spec(self, bits: int) -> QuantSpec:
-        return QuantSpec(bits=bits)  # the salient weights' per-row asymmetric grid
 
     def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
         """``high_bits``: the grid of the salient weights; the record's bits come from ``bits_per_weight``."""
