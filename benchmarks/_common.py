@@ -8,10 +8,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from harness.cli import CONF_DIR
-from harness.data import resolve_data_dir
-from harness.model import ModelConfig, load_model
+from harness.inputs.data import resolve_data_dir
+from harness.inputs.model import ModelConfig, load_model
+from harness.inputs.windows import CalibrationSpec, calibration_windows
 from harness.run import resolve_device
-from harness.windows import CalibrationSpec, calibration_windows
 
 
 def compose_cfg(overrides: list[str]) -> dict[str, Any]:

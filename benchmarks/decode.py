@@ -57,7 +57,7 @@ def build(model_name: str, device: str, cache_dir: Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from harness.model import ModelConfig, load_model
+    from harness.inputs.model import ModelConfig, load_model
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     if model_name == "default":
@@ -79,9 +79,9 @@ def quantize_pack(model, variant: str, group: int) -> None:
     """RTN-quantize every decoder linear at the variant's bits and replace it by a QuantLinear."""
     import torch
 
-    from harness.driver import linear_layers
-    from harness.qlinear import QuantLinear, set_module
-    from harness.quant import Grid, QuantSpec, rtn
+    from harness.packed.qlinear import QuantLinear, set_module
+    from harness.quantize.layers import linear_layers
+    from harness.quantize.primitives import Grid, QuantSpec, rtn
 
     for name, lin in linear_layers(model).items():
         bits = {"int4": 4, "int2": 2}.get(variant) or (2 if name.endswith("up_proj") else 4)

@@ -3,7 +3,7 @@
 For chosen decoder layers of the model (default: the embedded SmolLM2-135M), random small
 perturbations of q_proj/k_proj (and v_proj) are applied one at a time; the actual change of the
 attention output ``ΔE`` is compared with ``½ tr(δW H δWᵀ)`` for APTQ's H and GPTQ's H
-(``harness.hessian_check``). Prints a table and writes JSON.
+(``harness.quantize.hessian_check``). Prints a table and writes JSON.
 
     python benchmarks/hessian_correlation.py --layers 0,10,20 --windows 8 --seqlen 256
 """
@@ -19,10 +19,9 @@ from _common import compose_cfg, load
 from rich.console import Console
 from rich.table import Table
 
-from harness.driver import decoder_layers
-from harness.hessian_check import perturbation_study
-from harness.method import run_block
-from harness.sequential import capture_inputs
+from harness.quantize.hessian_check import perturbation_study
+from harness.quantize.layers import decoder_layers, run_block
+from harness.quantize.sequential import capture_inputs
 
 
 def main() -> None:

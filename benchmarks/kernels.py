@@ -49,7 +49,7 @@ def make_layer(K: int, N: int, bits: int, group: int, device, seed: int = 0):
     """Random packed buffers (codes uniform, scales ~ 1e-2) and the equivalent fp16 weight (N, K)."""
     import torch
 
-    from harness.packing import pack_codes
+    from harness.packed.packing import pack_codes
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     G = K // group
@@ -113,7 +113,7 @@ def main() -> int:
         print("no GPU: benchmarks/kernels.py times CUDA kernels and there is no CUDA device here; nothing measured "
               "(run it on a GPU machine, or --smoke to exercise the script on CPU)")
         return 0
-    from harness.kernels import quant_matmul  # after TRITON_INTERPRET is set
+    from harness.packed.ops import quant_matmul  # after TRITON_INTERPRET is set
 
     device = "cpu" if args.smoke else "cuda"
     dtype = torch.float16
@@ -167,7 +167,7 @@ def block_mix(Ms, group, device, dtype, smoke) -> list[dict]:
     """One LLaMA-7B decoder block's seven linears: fp16 vs all-4 vs all-2 vs the APTQ mix, per M."""
     import torch
 
-    from harness.kernels import quant_matmul
+    from harness.packed.ops import quant_matmul
 
     block = BLOCK if not smoke else [(n, 128, 192) for n, _, _ in BLOCK]
     weights = {n: torch.randn(N, K, dtype=dtype, device=device) * 0.02 for n, K, N in block}

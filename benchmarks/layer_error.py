@@ -19,12 +19,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.driver import decoder_layers  # noqa: E402
-from harness.method import build_config, run_block  # noqa: E402
-from harness.model import ModelConfig, load_model  # noqa: E402
-from harness.quant import QuantSpec, rtn  # noqa: E402
-from harness.sequential import capture_inputs  # noqa: E402
-from harness.windows import CalibrationSpec, calibration_windows  # noqa: E402
+from harness.inputs.model import ModelConfig, load_model  # noqa: E402
+from harness.inputs.windows import CalibrationSpec, calibration_windows  # noqa: E402
+from harness.quantize.layers import decoder_layers, run_block  # noqa: E402
+from harness.quantize.primitives import QuantSpec, rtn  # noqa: E402
+from harness.quantize.sequential import capture_inputs  # noqa: E402
+from harness.util import build_config  # noqa: E402
 from methods.gptq import Gptq, GptqConfig, gptq_quantize  # noqa: E402
 from methods.owq import OwqConfig, allocate_fp16_columns, layer_bits, owq_quantize  # noqa: E402
 from methods.pbllm import PbllmConfig, pb_quantize  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     cfg = compose(args.overrides)
     cache = Path(cfg["cache_dir"]).expanduser()
     model, tok, _ = load_model(build_config(ModelConfig, dict(cfg["model"]), "model"), "cpu", cache)
-    from harness.data import resolve_data_dir
+    from harness.inputs.data import resolve_data_dir
 
     calib = build_config(CalibrationSpec, dict(cfg["calibration"]), "calibration")
     windows, _ = calibration_windows(calib, tok, resolve_data_dir(cfg.get("data_dir")), cache)

@@ -24,9 +24,9 @@ from _common import compose_cfg, load
 from rich.console import Console
 from rich.table import Table
 
-from harness.driver import quantize_model
-from harness.plugins import make_plugins
-from harness.sequential import quantize_sequential
+from harness.plugins.manager import make_plugins
+from harness.quantize.driver import quantize_model
+from harness.quantize.sequential import quantize_sequential
 
 CASES = {  # name → harness overrides
     "rtn": ["method=rtn", "bits=4"],

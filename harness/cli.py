@@ -5,7 +5,6 @@ exit status 2, not a traceback.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
+from harness.util import unknown
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute: required under python -m
 
@@ -67,9 +67,7 @@ def check_group_choices(args: list[str]) -> None:
             names = choice if isinstance(choice, list) else [choice]
             for name in names:
                 if str(name) not in known:
-                    close = difflib.get_close_matches(str(name), known, n=1)
-                    hint = f" Did you mean {close[0]!r}?" if close else ""
-                    raise ConfigError(f"unknown {group} {str(name)!r}; known: {', '.join(known)}.{hint}")
+                    raise unknown(group, name, known)
 
 
 def main() -> None:

@@ -15,25 +15,26 @@ from typing import Any
 
 import torch
 
-from harness.checkpoint import save_packed
-from harness.data import resolve_data_dir
-from harness.driver import quantize_model
 from harness.errors import ConfigError
-from harness.method import Method, build_config
-from harness.model import ModelConfig, load_model
-from harness.plugins import Plugins, make_plugins
-from harness.qlinear import check_pack_config, measured_bits, pack_model, parity
-from harness.quant import check_bits
-from harness.records import (
+from harness.inputs.data import resolve_data_dir
+from harness.inputs.model import ModelConfig, load_model
+from harness.inputs.windows import CalibrationSpec, calibration_windows
+from harness.packed.checkpoint import save_packed
+from harness.packed.qlinear import check_pack_config, measured_bits, pack_model, parity
+from harness.plugins.manager import Plugins, make_plugins
+from harness.plugins.method import Method
+from harness.plugins.task import Task, TaskEnv
+from harness.quantize.driver import quantize_model
+from harness.quantize.primitives import check_bits
+from harness.quantize.sequential import quantize_sequential
+from harness.results.records import (
     SCHEMA_VERSION,
     completed,
     git_commit,
     make_run_id,
     package_versions,
 )
-from harness.sequential import quantize_sequential
-from harness.task import Task, TaskEnv
-from harness.windows import CalibrationSpec, calibration_windows
+from harness.util import build_config
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ everywhere the method is GPTQ. ``tests/test_aptq.py`` checks on a tiny attention
 ``tr(δW H δWᵀ)`` tracks the true ``ΔE`` better than GPTQ's H does.
 
 **2. Hessian-trace mixed precision.** Sensitivity of a layer = ``tr(H) / d_in`` (the paper's average
-Hessian trace), from a first pass over the full-precision model (``harness.sensitivity``, cached).
+Hessian trace), from a first pass over the full-precision model (``harness.quantize.sensitivity``, cached).
 Layers are ranked high → low and, in that order, get ``high_bits`` (4) while the 4-bit weights stay
 within ``ratio`` of all quantized weights; a layer that would overshoot is skipped (gets 2 bits) and
 the scan goes on, so the achieved fraction is the largest one ≤ ``ratio`` this greedy finds (recorded
@@ -44,9 +44,9 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.hookspecs import hookimpl
-from harness.method import StopForward
-from harness.quant import rtn
+from harness.plugins.hookspecs import hookimpl
+from harness.quantize.layers import StopForward
+from harness.quantize.primitives import rtn
 from methods.gptq import Gptq, GptqConfig
 
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj")
@@ -188,7 +188,7 @@ class Aptq(Gptq):
         if c.sensitivity == "random":
             scores = random_scores(list(layers), c.seed)
         elif self.sensitivities is None:
-            raise RuntimeError("APTQ needs the sensitivity pass before plan_bits (harness.sensitivity)")
+            raise RuntimeError("APTQ needs the sensitivity pass before plan_bits (harness.quantize.sensitivity)")
         else:
             scores = self.sensitivities
         return allocate(scores, {n: m.weight.numel() for n, m in layers.items()}, c.ratio, c.high_bits, c.low_bits)

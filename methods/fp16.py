@@ -10,9 +10,9 @@ from typing import Any
 
 from torch import nn
 
-from harness.hookspecs import hookimpl
-from harness.method import Method
-from harness.quant import QuantSpec
+from harness.plugins.hookspecs import hookimpl
+from harness.plugins.method import Method
+from harness.quantize.primitives import QuantSpec
 
 
 @dataclass

@@ -7,7 +7,7 @@ Follows the reference ``gptq.py`` of IST-DASLab/gptq:
 - dampening ``percdamp · mean(diag H)``; ``Hinv`` = upper Cholesky factor of ``H⁻¹``;
 - blocks of ``blocksize`` columns, each column quantized, its error ``Err = (w − q) / Hinv_jj``
   spread over the block's remaining columns, then a lazy batch update of the columns after it
-  (the loop is ``harness.compensate.compensated_quantize``, shared with OWQ and GPTQ-PB);
+  (the loop is ``harness.quantize.compensate.compensated_quantize``, shared with OWQ and GPTQ-PB);
 - ``group_size``: grid parameters found on the (partly updated) weights when a group starts, or,
   with ``static_groups``, on the original weights before any update.
 The integer grid actually used (per-group scale/zero, and ``g_idx`` when act-order permutes the
@@ -24,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.compensate import compensated_quantize, drop_dead_inputs
 from harness.errors import ConfigError
-from harness.hookspecs import hookimpl
-from harness.method import Method
-from harness.quant import GRID_KEY, Grid, QuantSpec, check_bits, find_params, quantize, relative_error
+from harness.plugins.hookspecs import hookimpl
+from harness.plugins.method import Method
+from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, find_params, quantize, relative_error
 
 log = logging.getLogger(__name__)
 

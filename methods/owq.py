@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.compensate import compensated_quantize, drop_dead_inputs
 from harness.errors import ConfigError
-from harness.hookspecs import hookimpl
-from harness.quant import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
+from harness.plugins.hookspecs import hookimpl
+from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
 from methods.gptq import Gptq, GptqConfig, inverse_hessian_factor
 
 FP16_BITS = 16

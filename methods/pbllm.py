@@ -11,7 +11,7 @@ PTQ code of hahnyuan/PB-LLM (``gptq_pb/gptq.py``, ``LowHighGPT``):
   ``HighQuantizer(8, perchannel=True, sym=False)``), found on the original weights;
 - ``compensate=true`` ("GPTQ-PB"): the columns are quantized in order and each column's error is
   compensated on the later columns with the inverse Hessian, exactly GPTQ's update
-  (``harness.compensate``); ``false``: both parts are rounded directly (plain PB-LLM).
+  (``harness.quantize.compensate``); ``false``: both parts are rounded directly (plain PB-LLM).
 Deviation: the reference's ``xnor`` binarizer subtracts a row mean and computes its scale over
 the row with the salient positions zeroed; we use the paper's optimal scale for the binarized
 part, ``α = mean |w|`` over the binarized weights of the row, and ``sign(0) = +1`` (a 1-bit code
@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.compensate import compensated_quantize, drop_dead_inputs
 from harness.errors import ConfigError
-from harness.hookspecs import hookimpl
-from harness.quant import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
+from harness.plugins.hookspecs import hookimpl
+from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
 from methods.gptq import Gptq, GptqConfig, inverse_hessian_factor
 
 SALIENCE = ("magnitude", "hessian")

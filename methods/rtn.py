@@ -1,7 +1,7 @@
 """Round-to-nearest (RTN): min-max uniform quantization of each weight, no calibration.
 
 Identical to GPTQ's RTN baseline (``--nearest``): per-channel or grouped min-max grid that
-includes 0, symmetric or asymmetric (see ``harness.quant``).
+includes 0, symmetric or asymmetric (see ``harness.quantize.primitives``).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.hookspecs import hookimpl
-from harness.method import Method
-from harness.quant import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
+from harness.plugins.hookspecs import hookimpl
+from harness.plugins.method import Method
+from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
 
 
 @dataclass

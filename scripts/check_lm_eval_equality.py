@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.model import embedded_default_folder
+from harness.inputs.model import embedded_default_folder
 from tasks.zeroshot import METRICS, samples_sha256
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.data import Corpus, load_corpus
 from harness.errors import ConfigError
-from harness.hookspecs import hookimpl
-from harness.task import Task
-from harness.windows import joined_ids, random_doc_windows, sequential_windows
+from harness.inputs.data import Corpus, load_corpus
+from harness.inputs.windows import joined_ids, random_doc_windows, sequential_windows
+from harness.plugins.hookspecs import hookimpl
+from harness.plugins.task import Task
 
 
 @dataclass

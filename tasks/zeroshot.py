@@ -24,7 +24,6 @@ acc_norm, per-choice log-likelihoods), so two runs can be compared item for item
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -34,8 +33,9 @@ from importlib import metadata
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.hookspecs import hookimpl
-from harness.task import Task
+from harness.plugins.hookspecs import hookimpl
+from harness.plugins.task import Task
+from harness.util import unknown
 from tasks.zeroshot_data import HELLASWAG_VARIANTS, SUITE, builtin_yaml, prepare
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,7 @@ METRICS = {t: ("acc",) if t == "winogrande" else ("acc", "acc_norm") for t in SU
 
 def check_task(name: str) -> str:
     if name not in SUITE:
-        close = difflib.get_close_matches(str(name), SUITE, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown zero-shot task {name!r}; known: {', '.join(sorted(SUITE))}.{hint}")
+        raise unknown("zero-shot task", name, SUITE)
     return name
 
 

@@ -46,13 +46,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.data import local_file
 from harness.errors import ConfigError
+from harness.inputs.data import local_file
+from harness.util import atomic_output, file_sha256, unknown
 
 CONVERTER_VERSION = 1
 SUITE = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande")
@@ -264,14 +264,6 @@ def convert(task: str, data_dir: Path, variant: str = "subset") -> tuple[list[di
     return rows, {str(p): file_sha256(p) for p in paths}
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------- cached lm-eval task
 @dataclass
 class LocalTask:
@@ -309,7 +301,7 @@ def task_yaml(task: str, data: Path, hf_cache: Path) -> str:
 def prepare(task: str, data_dir: Path, cache_dir: Path, variant: str = "subset") -> LocalTask:
     """Convert ``task``'s local files once (cached by their hashes) and return the task on disk."""
     if task not in BUILTIN:
-        raise ConfigError(f"unknown zero-shot task {task!r}; known: {', '.join(sorted(BUILTIN))}")
+        raise unknown("zero-shot task", task, BUILTIN)
     if variant not in HELLASWAG_VARIANTS:
         raise ConfigError(f"hellaswag variant {variant!r} is unknown; use {' or '.join(HELLASWAG_VARIANTS)}")
     paths = [local_file(data_dir, key) for key in sources(task, variant)]
@@ -320,19 +312,14 @@ def prepare(task: str, data_dir: Path, cache_dir: Path, variant: str = "subset")
     out = cache_dir / "zeroshot" / f"{name}-{key}"
     if not (out / "info.json").is_file():
         rows, _ = convert(task, data_dir, variant)
-        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        (tmp / "data.jsonl").write_text(text, encoding="utf-8")
-        (tmp / f"{task}.yaml").write_text(task_yaml(task, out / "data.jsonl", cache_dir / "hf_datasets"))
         info = {"task": task, "variant": variant, "items": len(rows), "sources": hashes,
                 "data_sha256": hashlib.sha256(text.encode()).hexdigest(), "converter": CONVERTER_VERSION}
-        (tmp / "info.json").write_text(json.dumps(info, indent=2))
-        try:
-            os.replace(tmp, out)  # atomic: the folder appears complete, or not at all
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_output(out) as tmp:  # the folder appears complete, or not at all
+            tmp.mkdir()
+            (tmp / "data.jsonl").write_text(text, encoding="utf-8")
+            (tmp / f"{task}.yaml").write_text(task_yaml(task, out / "data.jsonl", cache_dir / "hf_datasets"))
+            (tmp / "info.json").write_text(json.dumps(info, indent=2))
     info = json.loads((out / "info.json").read_text())
     return LocalTask(task=task, yaml=out / f"{task}.yaml", data=out / "data.jsonl", items=info["items"],
                      sources=info["sources"], data_sha256=info["data_sha256"])

@@ -15,7 +15,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 
-# Without CUDA, Triton kernels run in the interpreter (set before harness.kernels is imported: the
+# Without CUDA, Triton kernels run in the interpreter (set before harness.packed.kernels is imported: the
 # @triton.jit decorator reads it). Subprocesses (CLI tests) inherit it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from harness.cli import CONF_DIR  # noqa: E402
-from harness.data import resolve_data_dir  # noqa: E402
+from harness.inputs.data import resolve_data_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from harness.driver import decoder_layers
 from harness.errors import ConfigError
-from harness.hessian_check import perturbation_study
-from harness.model import ModelConfig, load_model
+from harness.inputs.model import ModelConfig, load_model
+from harness.quantize.hessian_check import perturbation_study
+from harness.quantize.layers import decoder_layers
+from harness.quantize.sensitivity import sensitivity_cache_path
+from harness.quantize.sequential import capture_inputs
 from harness.run import execute
-from harness.sensitivity import sensitivity_cache_path
-from harness.sequential import capture_inputs
 from methods.aptq import Aptq, AptqConfig, allocate, attention_graph
 from methods.gptq import Gptq, GptqConfig
 
@@ -130,7 +130,7 @@ def test_end_to_end_mixed_run_records_plan_and_caches_sensitivities(tiny_cfg, ca
     assert q["bit_plan"][order[0]] == 4 and q["bit_plan"][order[-1]] == 2
     assert rec["method"]["label"] == "APTQ-50%"
     # a second ratio reuses the cached sensitivities: the first pass must not run again
-    import harness.sensitivity as sens
+    import harness.quantize.sensitivity as sens
     monkeypatch.setattr(sens, "sensitivity_pass", lambda *a, **k: pytest.fail("sensitivities recomputed"))
     rec2 = execute(tiny_cfg("method=aptq", "ratio=0.75", "task=[wikitext2]", f"cache_dir={cache_dir}"))
     assert rec2["quantization"]["sensitivity"]["cached"] and rec2["quantization"]["sensitivity"]["scores"] == scores
@@ -147,7 +147,7 @@ def test_random_control_and_layer_hessian_ablation_run(tiny_cfg):
 
 
 def test_one_pass_collection_gives_gptq_hessians_for_the_rest_and_the_block_outputs(block_and_inputs):
-    from harness.method import run_block
+    from harness.quantize.layers import run_block
 
     block, inps, kwargs = block_and_inputs
     mods = {f"b.{n}": m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}

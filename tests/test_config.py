@@ -5,10 +5,10 @@ import pytest
 from conftest import compose_cfg
 
 from harness.cli import CONF_DIR
-from harness.method import build_config
-from harness.model import ModelConfig
-from harness.plugins import make_plugins
+from harness.inputs.model import ModelConfig
+from harness.plugins.manager import make_plugins
 from harness.run import build
+from harness.util import build_config
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
           for g in ("model", "method", "profile", "task")}

@@ -3,10 +3,10 @@ import random
 import pytest
 import torch
 
-from harness.data import ENV_VAR, load_corpus, resolve_data_dir
 from harness.errors import ConfigError
-from harness.model import load_tokenizer
-from harness.windows import CalibrationSpec, calibration_windows, random_doc_windows, sequential_windows
+from harness.inputs.data import ENV_VAR, load_corpus, resolve_data_dir
+from harness.inputs.model import load_tokenizer
+from harness.inputs.windows import CalibrationSpec, calibration_windows, random_doc_windows, sequential_windows
 
 
 @pytest.fixture(scope="module")

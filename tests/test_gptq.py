@@ -1,11 +1,10 @@
 import pytest
 import torch
 
-from harness.driver import decoder_layers
-from harness.method import run_block
-from harness.model import ModelConfig, load_model
-from harness.quant import QuantSpec, rtn
-from harness.sequential import capture_inputs, stages
+from harness.inputs.model import ModelConfig, load_model
+from harness.quantize.layers import decoder_layers, run_block
+from harness.quantize.primitives import QuantSpec, rtn
+from harness.quantize.sequential import capture_inputs, stages
 from methods.gptq import Gptq, GptqConfig, gptq_quantize
 
 

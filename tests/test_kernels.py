@@ -7,9 +7,12 @@ Every kernel test runs on one of two devices: ``cpu`` = the Triton interpreter (
 import pytest
 import torch
 
-from harness.errors import ConfigError
-from harness.kernels import KernelConfig, launch, quant_matmul
-from harness.packing import (
+pytest.importorskip("triton")  # the kernels need it; the rest of the harness does not (test_no_triton.py)
+
+from harness.errors import ConfigError  # noqa: E402
+from harness.packed.kernels import KernelConfig, launch  # noqa: E402
+from harness.packed.ops import quant_matmul  # noqa: E402
+from harness.packed.packing import (  # noqa: E402
     check_packable,
     dequantize_packed,
     pack_codes,
@@ -17,7 +20,7 @@ from harness.packing import (
     reference_matmul,
     unpack_codes,
 )
-from harness.quant import QuantSpec, rtn
+from harness.quantize.primitives import QuantSpec, rtn  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-5}
@@ -130,7 +133,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-import harness.kernels as K
+import harness.packed.kernels as K
 
 def build(fn, types, constexprs, **options):
     sig = {a: ("constexpr" if a in constexprs else types[a]) for a in fn.arg_names}

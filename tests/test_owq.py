@@ -3,7 +3,7 @@ import torch
 from test_gptq import correlated_inputs, hessian
 
 from harness.errors import ConfigError
-from harness.quant import QuantSpec
+from harness.quantize.primitives import QuantSpec
 from methods.gptq import GptqConfig, gptq_quantize
 from methods.owq import INDEX_BITS, OwqConfig, allocate_fp16_columns, layer_bits, owq_quantize, weak_columns
 

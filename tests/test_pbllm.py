@@ -3,9 +3,9 @@ import torch
 from test_gptq import correlated_inputs, hessian
 from torch import nn
 
-from harness.driver import summarize
 from harness.errors import ConfigError
-from harness.quant import QuantSpec, average_bits, find_params, quantize
+from harness.quantize.driver import summarize
+from harness.quantize.primitives import QuantSpec, average_bits, find_params, quantize
 from methods.gptq import inverse_hessian_factor
 from methods.pbllm import Pbllm, PbllmConfig, pb_bits, pb_quantize, salient_mask
 

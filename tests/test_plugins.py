@@ -5,7 +5,7 @@ import pytest
 
 from harness import hookimpl
 from harness.errors import ConfigError
-from harness.plugins import make_plugins
+from harness.plugins.manager import make_plugins
 
 
 def test_builtin_methods_and_tasks_are_registered():

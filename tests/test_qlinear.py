@@ -5,12 +5,13 @@ import pytest
 import torch
 from test_gptq import correlated_inputs, hessian
 
-from harness.checkpoint import QUANT_FILE, WEIGHTS_FILE, load_packed
-from harness.driver import linear_layers, quantize_model
 from harness.errors import ConfigError
-from harness.model import ModelConfig, load_model
-from harness.qlinear import QuantLinear, measured_bits, pack_model, parity
-from harness.quant import Grid, QuantSpec, rtn
+from harness.inputs.model import ModelConfig, load_model
+from harness.packed.checkpoint import QUANT_FILE, WEIGHTS_FILE, load_packed
+from harness.packed.qlinear import QuantLinear, measured_bits, pack_model, parity
+from harness.quantize.driver import quantize_model
+from harness.quantize.layers import linear_layers
+from harness.quantize.primitives import Grid, QuantSpec, rtn
 from harness.run import execute
 from methods.gptq import GptqConfig, gptq_quantize
 from methods.rtn import Rtn, RtnConfig

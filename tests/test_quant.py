@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from harness.errors import ConfigError
-from harness.quant import QuantSpec, average_bits, find_params, quantize, rtn
+from harness.quantize.primitives import QuantSpec, average_bits, find_params, quantize, rtn
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from harness.records import load_records, write_atomic
+from harness.results.records import load_records
 from harness.run import execute
+from harness.util import write_atomic
 
 
 def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

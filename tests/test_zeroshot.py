@@ -6,8 +6,8 @@ import pytest
 from conftest import compose_cfg
 
 from harness.errors import ConfigError
-from harness.plugins import make_plugins
-from harness.report import build_tables, render
+from harness.plugins.manager import make_plugins
+from harness.results.report import build_tables, render
 from harness.run import build, execute
 from tasks.zeroshot import DEFAULT_METRIC, samples_sha256
 from tasks.zeroshot_data import SUITE, prepare
@@ -80,7 +80,7 @@ def test_harness_equals_a_direct_lm_eval_run_item_for_item(data_dir, cache_dir, 
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from harness.model import embedded_default_folder
+    from harness.inputs.model import embedded_default_folder
 
     limit, batch = 3, 4
     cfg = compose_cfg(["method=fp16", "task=[zeroshot]", f"task.zeroshot.limit={limit}",
@@ -101,8 +101,8 @@ def test_harness_equals_a_direct_lm_eval_run_item_for_item(data_dir, cache_dir, 
 def test_without_local_data_the_builtin_hub_datasets_are_used(tmp_path, cache_dir):
     """No data directory: lm-eval's built-in config loads its Hugging Face dataset unchanged; offline
     (as in the tests) that is one clear line, not a traceback from deep inside datasets."""
-    from harness.model import ModelConfig, load_model
-    from harness.task import TaskEnv
+    from harness.inputs.model import ModelConfig, load_model
+    from harness.plugins.task import TaskEnv
 
     cfg = compose_cfg(["model=tiny_llama"])
     model, tok, _ = load_model(ModelConfig(**cfg["model"]), "cpu", cache_dir)
@@ -115,7 +115,7 @@ def test_without_local_data_the_builtin_hub_datasets_are_used(tmp_path, cache_di
 
 
 def test_wandb_logs_every_task_of_a_suite():
-    from harness.observers.wandb_logger import flatten_numbers
+    from harness.plugins.observers.wandb_logger import flatten_numbers
 
     metrics = {"mean": 0.5, "metric": "mean", "tasks": {"piqa": {"acc": 0.6, "metric": "acc", "items": 3}}}
     assert flatten_numbers(metrics, "zeroshot") == {"zeroshot/mean": 0.5, "zeroshot/piqa/acc": 0.6,

@@ -1,10 +1,10 @@
 """Packed 2/4-bit weight format, pure-PyTorch pack/unpack and the reference dequantize-matmul.
 
-The Triton kernels (``harness.kernels``) read exactly this format; the functions here are their
+The Triton kernels (``harness.packed.kernels``) read exactly this format; the functions here are their
 reference and the CPU path.
 
 Layout of one linear layer ``y = x Wᵀ`` with ``W`` (N = out_features, K = in_features) and
-integer codes ``q = clamp(round(W / s) + z, 0, 2^b − 1)`` (``harness.quant``):
+integer codes ``q = clamp(round(W / s) + z, 0, 2^b − 1)`` (``harness.quantize.primitives``):
 
 ``qweight``: int32 (K / P, N), P = 32 / b codes per word (b = 4: P = 8; b = 2: P = 16).
 Codes are packed along the input dimension K: word ``qweight[k // P, n]`` holds code
@@ -100,7 +100,7 @@ def reference_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
 
 def pack_weight(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int,
                 layer: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Codes (N, K) and the grid scale, zero (N, G) (as ``harness.quant`` makes them) → packed buffers
+    """Codes (N, K) and the grid scale, zero (N, G) (as ``harness.quantize.primitives`` makes them) → packed buffers
     (qweight (K/P, N) int32, scales (G, N) fp16, zeros (G, N) fp16)."""
     N, K = codes.shape
     check_packable(K, bits, group_size, layer)

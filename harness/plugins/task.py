@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from harness.method import build_config
+from harness.util import build_config
 
 
 @dataclass

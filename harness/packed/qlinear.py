@@ -2,9 +2,9 @@
 
 After a method has fake-quantized a model (weights rounded onto its integer grid, stored as floats),
 ``pack_model`` replaces every quantized ``nn.Linear`` by a ``QuantLinear`` holding ``qweight`` /
-``scales`` / ``zeros`` (``harness.packing``), each layer with its own bit width, so an APTQ 2/4 mix
+``scales`` / ``zeros`` (``harness.packed.packing``), each layer with its own bit width, so an APTQ 2/4 mix
 dispatches per layer. The codes are re-derived from the fake-quant weights and the method's own
-grid (``harness.quant.Grid``) and checked to reproduce those weights: a grid that does not match
+grid (``harness.quantize.primitives.Grid``) and checked to reproduce those weights: a grid that does not match
 the weights is an error, never a silent re-quantization.
 
 ``measured_bits`` counts the bytes the packed buffers really take; ``parity`` compares the
@@ -20,15 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.kernels import quant_matmul
-from harness.packing import PACK_BITS, check_group_size, check_packable, codes_per_word, pack_weight, packed_nbytes
-from harness.quant import Grid, dequantize, quantize_int
+from harness.packed.ops import quant_matmul
+from harness.packed.packing import (
+    PACK_BITS,
+    check_group_size,
+    check_packable,
+    codes_per_word,
+    pack_weight,
+    packed_nbytes,
+)
+from harness.quantize.primitives import Grid, dequantize, quantize_int
 
 ON_GRID_TOL = 0.05  # max |Ŵ − W| in grid steps before packing refuses (float rounding is far below)
 
 
 class QuantLinear(nn.Module):
-    """``y = x Ŵᵀ + b`` with Ŵ (out_features, in_features) in the packed format of ``harness.packing``.
+    """``y = x Ŵᵀ + b`` with Ŵ (out_features, in_features) in the packed format of ``harness.packed.packing``.
 
     Buffers: ``qweight`` int32 (K/P, N), ``scales``/``zeros`` fp16 (G, N), optional ``bias`` (N,).
     ``forward`` calls the ``harness::quant_matmul`` op: Triton on CUDA, the reference on CPU.

@@ -5,7 +5,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.hookspecs import hookimpl
+from harness.plugins.hookspecs import hookimpl
 
 KEY = "console"
 

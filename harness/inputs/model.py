@@ -8,23 +8,22 @@ folder in the cache (the ``quantization_config`` dropped), so later loads take a
 fp32 is kept on purpose: its Q4_1 values are not all representable in bf16.
 
 A folder with a ``quantization.json`` is a packed checkpoint written with ``save=true``
-(``harness.checkpoint``): it is rebuilt with its ``QuantLinear`` layers, never re-quantized.
+(``harness.packed.checkpoint``): it is rebuilt with its ``QuantLinear`` layers, never re-quantized.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.checkpoint import is_packed_checkpoint, load_packed
 from harness.errors import ConfigError
+from harness.packed.checkpoint import is_packed_checkpoint, load_packed
+from harness.util import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +84,9 @@ def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
         del config.quantization_config  # the weights are dequantized: it is a plain fp32 model now
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(m.state_dict(), strict=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return out
 
 

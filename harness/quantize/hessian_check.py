@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.method import StopForward
+from harness.quantize.layers import StopForward
 from methods.aptq import ATTN_PROJ, Aptq, AptqConfig, find_o_proj
 from methods.gptq import Gptq, GptqConfig
 

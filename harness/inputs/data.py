@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.util import REPO_ROOT
 
 ENV_VAR = "HARNESS_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 C4_EVAL_DOCS = 1000  # local C4 docs [0, 1000) evaluate, [1000, 2000) calibrate
 
 FILES = {

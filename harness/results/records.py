@@ -6,24 +6,18 @@ interrupted and started again skips the runs whose complete record already exist
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import re
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness.util import REPO_ROOT, canonical_hash
+
 SCHEMA_VERSION = 1
 PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "pluggy", "datasets", "wandb", "triton")
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def canonical_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def make_run_id(model: str, method_label: str, identity: dict[str, Any]) -> str:
@@ -37,22 +31,6 @@ def records_dir(results_dir: Path) -> Path:
 
 def record_path(results_dir: Path, run_id: str) -> Path:
     return records_dir(results_dir) / f"{run_id}.json"
-
-
-def write_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_record(path: Path) -> dict[str, Any] | None:

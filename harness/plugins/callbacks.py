@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 class RenderTables(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from harness.report import render
+        from harness.results.report import render
 
         try:
             written = render(Path(config.results_dir))

@@ -13,7 +13,7 @@ A method is a class with
   inputs with forward hooks (GPTQ). A method whose statistics need more than a layer's inputs
   (APTQ: gradients of the attention output) overrides it;
 - ``needs_sensitivity`` / ``layer_sensitivity`` / ``sensitivity_key``: mixed-precision methods get a
-  first pass over the full-precision model (``harness.sensitivity``) whose per-layer scores reach
+  first pass over the full-precision model (``harness.quantize.sensitivity``) whose per-layer scores reach
   ``plan_bits`` through ``self.sensitivities``;
 - ``plan_bits(layers)``: the per-layer bit plan (mixed precision methods override it);
 - ``quantize_layer(name, layer, spec)``: replace ``layer.weight`` by its quantized version and
@@ -21,40 +21,15 @@ A method is a class with
 """
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from harness.errors import ConfigError
-from harness.quant import QuantSpec
-
-
-def build_config(cls: type, options: dict[str, Any], what: str) -> Any:
-    """Instantiate a ``Config`` dataclass from a config mapping, with one-line errors."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise ConfigError(f"{what} has no option {unknown[0]!r}; its options are: {', '.join(sorted(fields))}")
-    try:
-        return cls(**options)
-    except TypeError as err:  # a missing required field
-        raise ConfigError(f"{what}: {err}") from None
-
-
-class StopForward(Exception):
-    """Raised by a forward hook to end a pass early, once it has what it needs (drivers catch it)."""
-
-
-def run_block(block: nn.Module, inps: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    """Run one decoder block over the calibration inputs ``inps`` (n, T, d), one window at a time."""
-    outs = torch.empty_like(inps)
-    for j in range(inps.shape[0]):
-        out = block(inps[j : j + 1], **kwargs)
-        outs[j] = out[0] if isinstance(out, tuple) else out
-    return outs
+from harness.quantize.layers import run_block
+from harness.quantize.primitives import QuantSpec
+from harness.util import build_config
 
 
 class Method(ABC):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from harness.hookspecs import hookimpl
-from harness.records import record_path, write_atomic
+from harness.plugins.hookspecs import hookimpl
+from harness.results.records import record_path
+from harness.util import write_atomic
 
 log = logging.getLogger(__name__)
 

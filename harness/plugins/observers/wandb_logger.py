@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from harness.hookspecs import hookimpl
+from harness.plugins.hookspecs import hookimpl
 
 log = logging.getLogger(__name__)
 KEY = "wandb"

@@ -1,55 +1,18 @@
-"""Finds the quantizable layers of a decoder-only model and drives a method over them.
-
-Generic over transformers' LLaMA-like decoders (LLaMA, Mistral, Qwen2, ...): the decoder layers
-are the ``nn.ModuleList`` with ``config.num_hidden_layers`` entries, and the quantized layers are
-the ``nn.Linear`` modules inside them. Embeddings and ``lm_head`` stay in full precision, as in
-GPTQ and APTQ.
-"""
+"""Drives a method over the quantizable layers (``harness.quantize.layers``) and sums up the result:
+the bit plan as specs, one layer at a time with its record info, the average bits."""
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
 
-from harness.method import Method
-from harness.quant import GRID_KEY, QuantSpec
+from harness.plugins.method import Method
+from harness.quantize.layers import linear_layers
+from harness.quantize.primitives import GRID_KEY, QuantSpec
 
 log = logging.getLogger(__name__)
-
-
-def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """Return (path, ModuleList) of the decoder layers of a causal LM."""
-    n = getattr(model.config, "num_hidden_layers", None)
-    for path, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n and len(mod) > 0:
-            return path, mod
-    raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no ModuleList of {n} layers)")
-
-
-@contextmanager
-def on_device(block: nn.Module, device: str) -> Iterator[nn.Module]:
-    """Run with ``block`` on ``device``, then put it back where it was (one layer at a time)."""
-    home = next(block.parameters()).device
-    block.to(device)
-    try:
-        yield block
-    finally:
-        block.to(home)
-
-
-def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """All ``nn.Linear`` modules inside the decoder layers, by full module path, in model order."""
-    path, layers = decoder_layers(model)
-    out: dict[str, nn.Linear] = {}
-    for i, block in enumerate(layers):
-        for sub, mod in block.named_modules():
-            if isinstance(mod, nn.Linear):
-                out[f"{path}.{i}.{sub}"] = mod
-    return out
 
 
 def plan_specs(method: Method, layers: dict[str, nn.Linear]) -> dict[str, QuantSpec]:
@@ -66,7 +29,7 @@ def quantize_one(method: Method, name: str, layer: nn.Linear, spec: QuantSpec,
                  grids: dict[str, Any] | None = None) -> None:
     """Quantize one layer, keep its info for the record and tell the observers.
 
-    The integer grid a method returns under ``info["grid"]`` (``harness.quant.Grid``) is taken out
+    The integer grid a method returns under ``info["grid"]`` (``harness.quantize.primitives.Grid``) is taken out
     of the info (it is tensors, not record data) and kept in ``grids`` for packing.
     """
     info = dict(method.quantize_layer(name, layer, spec))

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,8 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.qlinear import QuantLinear, to_quant_linear
+from harness.packed.qlinear import QuantLinear, to_quant_linear
+from harness.util import atomic_output, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,6 @@ FORMAT_VERSION = 1
 QUANT_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
 LAYOUT = "qweight int32 (K/P, N), P=32/bits, code k at bits (k%P)*bits of word k//P; scales, zeros fp16 (G, N)"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_packed_checkpoint(folder: str | os.PathLike | None) -> bool:
@@ -60,18 +52,14 @@ def save_packed(model: nn.Module, tokenizer: Any, folder: Path, meta: dict[str, 
     if not bit_map:
         raise ConfigError("save=true needs a packed model (no QuantLinear layers found)")
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True, max_shard_size="1000GB")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    weights = tmp / WEIGHTS_FILE
-    quant = {"format": FORMAT, "format_version": FORMAT_VERSION, "layout": LAYOUT,
-             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-             "bit_map": bit_map, "weights_sha256": sha256_file(weights), **meta}
-    (tmp / QUANT_FILE).write_text(json.dumps(quant, indent=2, default=str))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    with atomic_output(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="1000GB")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        quant = {"format": FORMAT, "format_version": FORMAT_VERSION, "layout": LAYOUT,
+                 "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                 "bit_map": bit_map, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE), **meta}
+        (tmp / QUANT_FILE).write_text(json.dumps(quant, indent=2, default=str))
     qls = [m for m in model.modules() if isinstance(m, QuantLinear)]
     n_packed = sum(m.in_features * m.out_features for m in qls)
     n_params = sum(p.numel() for p in model.parameters()) + n_packed  # tied embeddings counted once

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.driver import decoder_layers, on_device
-from harness.method import Method, run_block
-from harness.records import canonical_hash, write_atomic
+from harness.plugins.method import Method
+from harness.quantize.layers import decoder_layers, on_device, run_block
+from harness.util import canonical_hash, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from harness.data import Corpus, load_corpus
 from harness.errors import ConfigError
+from harness.inputs.data import Corpus, load_corpus
+from harness.util import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,7 @@ def calibration_windows(
         windows = random_doc_windows(corpus.docs, tokenizer, spec.nsamples, spec.seqlen, spec.seed)
     else:
         windows = random_text_windows(joined_ids(corpus, tokenizer), spec.nsamples, spec.seqlen, spec.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(windows, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(windows, tmp)
     log.info("cached calibration windows at %s", path)
     return windows, info

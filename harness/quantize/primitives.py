@@ -110,7 +110,7 @@ GRID_KEY = "grid"  # info key under which quantize_layer hands its Grid to the d
 
 @dataclass
 class Grid:
-    """The integer grid a method actually used for one layer, kept for packing (``harness.qlinear``).
+    """The integer grid a method actually used for one layer, kept for packing (``harness.packed.qlinear``).
 
     ``scale``, ``zero``: (d_out, G), group ``j`` covering input columns ``j·g … (j+1)·g − 1``;
     ``g_idx``: (d_in,) group of each input column when that is not ``k // g`` (GPTQ act-order with

@@ -39,7 +39,7 @@ def harness_register_methods(register: Callable[[type], None]) -> None:
     """Register quantization method classes.
 
     Called once per plugin manager. ``register(cls)`` takes a subclass of
-    ``harness.method.Method`` with a unique ``name`` (the value of ``method.name`` in the config).
+    ``harness.plugins.method.Method`` with a unique ``name`` (the value of ``method.name`` in the config).
     Registering a name twice is an error.
     """
 
@@ -48,7 +48,7 @@ def harness_register_methods(register: Callable[[type], None]) -> None:
 def harness_register_tasks(register: Callable[[type], None]) -> None:
     """Register evaluation task classes.
 
-    ``register(cls)`` takes a subclass of ``harness.task.Task``; ``cls.name`` is the config key
+    ``register(cls)`` takes a subclass of ``harness.plugins.task.Task``; ``cls.name`` is the config key
     under ``task:`` (e.g. ``wikitext2``).
     """
 

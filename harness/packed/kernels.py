@@ -1,4 +1,4 @@
-"""Triton fused dequantize + matmul for the packed 2/4-bit format of ``harness.packing``.
+"""Triton fused dequantize + matmul for the packed 2/4-bit format of ``harness.packed.packing``.
 
 ``y (M, N) = x (M, K) @ Ŵᵀ`` with Ŵ (N, K) dequantized on the fly from ``qweight`` (K/P, N) int32,
 ``scales``/``zeros`` (G, N) fp16. Two kernels:
@@ -28,9 +28,9 @@ Autotuning (``triton.autotune``) covers block sizes, split-K, warps and stages, 
 (M bucket, N, K, bits, group size). It is skipped under ``TRITON_INTERPRET=1`` (CPU tests) and
 with ``HARNESS_AUTOTUNE=0``, where a fixed default configuration runs.
 
-The public entry is the ``torch.library`` op ``harness::quant_matmul`` (with a fake
-implementation, so ``torch.compile`` traces through it): Triton on CUDA tensors (and on CPU
-under the interpreter), ``harness.packing.reference_matmul`` on CPU otherwise.
+This is the only module that imports Triton. The public entry is the ``torch.library`` op
+``harness::quant_matmul`` in ``harness.packed.ops``, which imports this module only when a kernel
+runs (CUDA tensors, or the interpreter on CPU).
 """
 from __future__ import annotations
 
@@ -42,14 +42,11 @@ import torch
 import triton
 import triton.language as tl
 
-from harness.packing import codes_per_word, reference_matmul
+from harness.packed.ops import interpreting
+from harness.packed.packing import codes_per_word
 
 MAGIC = tl.constexpr(0x4B000000)  # fp32 bits of 2^23: OR-ing an integer < 2^23 into the mantissa gives 2^23 + q
 MAGIC_F = tl.constexpr(8388608.0)
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def autotune_enabled() -> bool:
@@ -342,27 +339,3 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
             _gemm_kernel[grid](x, qweight, scales, zeros, out, M, N, K, x.stride(0), out.stride(0), mb,
                                **common, **cfg.meta(False), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out if out.dtype == x.dtype else out.to(x.dtype)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# torch.library op
-
-
-@torch.library.custom_op("harness::quant_matmul", mutates_args=())
-def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                 bits: int, group_size: int) -> torch.Tensor:
-    """x (..., K) @ Ŵᵀ → (..., N) in x's dtype, Ŵ from the packed buffers (``harness.packing``)."""
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])  # (M, K)
-    if x2.shape[0] == 0:
-        return x.new_empty((*lead, qweight.shape[1]))
-    if x.device.type == "cuda" or interpreting():
-        y = launch(x2, qweight, scales, zeros, bits, group_size)
-    else:
-        y = reference_matmul(x2, qweight, scales, zeros, bits, group_size)
-    return y.reshape(*lead, qweight.shape[1])
-
-
-@quant_matmul.register_fake
-def _(x, qweight, scales, zeros, bits, group_size):
-    return x.new_empty((*x.shape[:-1], qweight.shape[1]))

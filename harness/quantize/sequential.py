@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.driver import decoder_layers, linear_layers, on_device, plan_specs, quantize_one, summarize
-from harness.method import Method, StopForward, run_block
-from harness.sensitivity import cached_sensitivities, windows_hash
+from harness.plugins.method import Method
+from harness.quantize.driver import plan_specs, quantize_one, summarize
+from harness.quantize.layers import StopForward, decoder_layers, linear_layers, on_device, run_block
+from harness.quantize.sensitivity import cached_sensitivities, windows_hash
 
 STAGES = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 DROP_KWARGS = ("past_key_value", "past_key_values", "use_cache", "layer_past")
@@ -95,7 +96,7 @@ def quantize_sequential(
     """Quantize ``model`` in place, layer by layer, with calibration ``windows`` (n, seqlen).
 
     A method that ``needs_sensitivity`` first gets its per-layer scores from a full-precision pass
-    (``harness.sensitivity``; cached under ``cache_dir`` by ``model_key``, the windows and the
+    (``harness.quantize.sensitivity``; cached under ``cache_dir`` by ``model_key``, the windows and the
     method's options), then plans its bits from them.
     """
     path, layers = decoder_layers(model)

@@ -1,7 +1,6 @@
 """Plugin manager and the name → class registries for methods and tasks."""
 from __future__ import annotations
 
-import difflib
 import importlib
 import logging
 from collections.abc import Iterable
@@ -9,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pluggy
 
-from harness import hookspecs
-from harness.errors import ConfigError
+from harness.plugins import hookspecs
+from harness.util import unknown
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +24,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.pbllm",
     "tasks.perplexity",
     "tasks.zeroshot",
-    "harness.observers.records",
-    "harness.observers.console",
-    "harness.observers.wandb_logger",
+    "harness.plugins.observers.records",
+    "harness.plugins.observers.console",
+    "harness.plugins.observers.wandb_logger",
 )
 
 
@@ -48,9 +47,7 @@ class Registry:
 
     def get(self, name: str) -> type:
         if name not in self.items:
-            close = difflib.get_close_matches(name, list(self.items), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self.items))}.{hint}")
+            raise unknown(self.kind, name, self.items)
         return self.items[name]
 
     def names(self) -> list[str]:

@@ -1,0 +1,97 @@
+"""The small helpers every layer uses, each in one place: atomic writes, hashes, config dataclasses,
+did-you-mean errors."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from harness.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: conf/, methods/, tasks/, reference/
+
+
+def canonical_hash(obj: Any) -> str:
+    """SHA-256 of ``obj`` as canonical JSON (sorted keys; non-JSON values by ``str``)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, remembered per (path, size, mtime) within a process."""
+    st = os.stat(path)
+    return _file_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    Readers see the old file (or folder) or the whole new one, never a part: write a file or
+    create a folder at the yielded path. On an exception the temporary is removed and ``path`` is
+    left as it was. When two processes race, the last rename wins and both results are complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.rmdir()  # only the unique name is wanted: the caller makes a file or a folder there
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():  # a folder cannot replace a non-empty folder in one rename
+            old = path.with_name(f".{path.name}.old{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def write_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (``atomic_output``), flushed to disk."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def unknown(kind: str, name: Any, known: Iterable[str]) -> ConfigError:
+    """The one-line error for an unknown name: the known names and the closest one."""
+    known = sorted(known)
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown {kind} {str(name)!r}; known: {', '.join(known)}.{hint}")
+
+
+def build_config(cls: type, options: dict[str, Any], what: str) -> Any:
+    """Instantiate a ``Config`` dataclass from a config mapping, with one-line errors."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    extra = sorted(set(options) - fields)
+    if extra:
+        raise ConfigError(f"{what} has no option {extra[0]!r}; its options are: {', '.join(sorted(fields))}")
+    try:
+        return cls(**options)
+    except TypeError as err:  # a missing required field
+        raise ConfigError(f"{what}: {err}") from None
