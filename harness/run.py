@@ -1,26 +1,34 @@
-"""One run: load → quantize → evaluate every task → one record. Independent of Hydra.
+"""One run as a data path: plan → load → quantize → pack → evaluate → record. Independent of Hydra.
 
 ``execute(config)`` takes the resolved config as a plain dict (the CLI passes Hydra's), so runs
-can be embedded and tested without the CLI.
+can be embedded and tested without the CLI. ``plan`` does every check that needs no model (knobs,
+the method's capabilities against ``pack``/``save``, the device, the group size against the
+model's widths read from its config, the data files and their hashes) and fixes the run identity,
+so bad input costs nothing; the phases after it each do one thing.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import platform
 import resource
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import harness
 from harness.errors import ConfigError
-from harness.inputs.data import resolve_data_dir
-from harness.inputs.model import ModelConfig, load_model
+from harness.inputs.data import CORPUS_FILES, data_fingerprint, resolve_data_dir
+from harness.inputs.model import ModelConfig, architecture, linear_widths, load_model
 from harness.inputs.windows import CalibrationSpec, calibration_windows
-from harness.packed.checkpoint import save_packed
-from harness.packed.qlinear import check_pack_config, measured_bits, pack_model, parity
+from harness.plugins.hookspecs import RunContext
 from harness.plugins.manager import Plugins, make_plugins
 from harness.plugins.method import Method
 from harness.plugins.task import Task, TaskEnv
@@ -33,31 +41,55 @@ from harness.results.records import (
     git_commit,
     make_run_id,
     package_versions,
+    record_path,
 )
-from harness.util import build_config
+from harness.util import REPO_ROOT, build_config, canonical_hash, file_sha256
 
 log = logging.getLogger(__name__)
 
 KNOBS = ("bits", "group_size", "sym", "ratio", "act_order", "true_sequential")
+#: Modules whose code decides the numbers of every run (the method's and the tasks' own modules are
+#: added per run; the packed modules when the run packs). Their file hashes join the run identity.
+CORE_MODULES = ("harness/run.py", "harness/inputs", "harness/quantize", "harness/plugins/method.py",
+                "harness/plugins/task.py")
+PACKED_MODULES = ("harness/packed",)
 
 
+# ----------------------------------------------------------------------------------------- plan
 @dataclass
-class RunContext:
-    """What observers see of a run. ``state`` is scratch space for observers (keyed by plugin)."""
+class Plan:
+    """Everything decided before the model is loaded."""
 
-    run_id: str
-    config: dict[str, Any]
+    cfg: dict[str, Any]
+    plugins: Plugins
+    method: Method
+    tasks: list[Task]
+    env: TaskEnv
+    calib: CalibrationSpec | None
+    model_cfg: ModelConfig
+    pack: bool
+    save: bool
+    offload: bool
     results_dir: Path
     identity: dict[str, Any]
-    state: dict[str, Any] = field(default_factory=dict)
+    run_id: str
+    warnings: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> str:
+def resolve_device(name: Any) -> str:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` → a device that exists here, or a one-line error."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu or auto")
-    return name
+    kind, _, index = str(name).partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError(f"device={name!r} is unknown; use auto, cpu, cuda or cuda:N")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return str(name)
 
 
 def validate_knobs(cfg: dict[str, Any]) -> None:
@@ -65,7 +97,7 @@ def validate_knobs(cfg: dict[str, Any]) -> None:
     if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
         raise ConfigError(f"ratio={ratio} is outside [0, 1]; it is the fraction of weights kept at 4 bits")
     check_bits(cfg.get("bits"))
-    for knob in ("act_order", "true_sequential", "sym"):
+    for knob in ("act_order", "true_sequential", "sym", "pack", "save", "offload", "force"):
         if not isinstance(cfg.get(knob, False), bool):
             raise ConfigError(f"{knob}={cfg.get(knob)!r} must be true or false")
     if not isinstance(cfg.get("seed"), int):
@@ -90,8 +122,7 @@ def build(cfg: dict[str, Any], plugins: Plugins) -> tuple[Method, list[Task], Ta
     method = plugins.methods.get(method_opts.pop("name")).from_options(method_opts)
     if not cfg.get("task"):
         raise ConfigError(f"no task selected; choose some of: {', '.join(plugins.tasks.names())}")
-    cache_dir = Path(cfg["cache_dir"]).expanduser()
-    env = TaskEnv(data_dir=resolve_data_dir(cfg.get("data_dir")), cache_dir=cache_dir,
+    env = TaskEnv(data_dir=resolve_data_dir(cfg.get("data_dir")), cache_dir=Path(cfg["cache_dir"]).expanduser(),
                   device=resolve_device(cfg.get("device", "auto")))
     tasks = [plugins.tasks.get(name).from_options(dict(opts or {}), env) for name, opts in cfg["task"].items()]
     calib = build_config(CalibrationSpec, dict(cfg["calibration"]), "calibration") if method.needs_calibration \
@@ -99,146 +130,218 @@ def build(cfg: dict[str, Any], plugins: Plugins) -> tuple[Method, list[Task], Ta
     return method, tasks, env, calib
 
 
-def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[str] | None = None) -> dict:
-    """Run one configuration end to end and return its record (or the existing complete one)."""
-    plugins = plugins or make_plugins()
-    hook = plugins.hook
-    method, tasks, env, calib = build(cfg, plugins)
-    model_cfg = build_config(ModelConfig, dict(cfg["model"]), "model")
-    save = bool(cfg.get("save", False))
-    pack = bool(cfg.get("pack", False)) or save
+def check_capabilities(method: Method, model_cfg: ModelConfig, env: TaskEnv, pack: bool) -> None:
+    """Refuse, before any model is loaded, what the method cannot do on this model and device."""
     if pack:
-        check_pack_config(method)
-    warnings = ignored_overrides(list(overrides or []), method)
-    for w in warnings:
-        log.warning(w)
-    g = getattr(method.config, "group_size", -1)
-    q41 = model_cfg.source_grid.get("group_size")
-    if method.quantizes and q41 and 0 < g <= q41 and q41 % g == 0:
-        warnings.append(f"group_size={g} re-finds the {model_cfg.source_grid.get('format')} grid the model's "
-                        f"weights were stored on (groups of {q41}): every method looks better than it is")
-        log.warning(warnings[-1])
+        refusal = method.pack_refusal()
+        if refusal:
+            raise ConfigError(f"pack=true/save=true: {method.label()} cannot be packed: {refusal}; "
+                              f"run it with pack=false (fake-quant evaluation)")
+        from harness.packed.ops import check_kernels  # no Triton import: it only looks for the package
 
-    identity = {
-        "model": {k: v for k, v in cfg["model"].items()},
+        check_kernels(env.device)
+    g = getattr(method.config, "group_size", -1)
+    if not method.quantizes or g == -1:
+        return
+    widths = linear_widths(architecture(model_cfg, env.cache_dir))
+    for what, width in widths.items():
+        if width % g:
+            fits = max((d for d in (256, 128, 64, 32, 16, 8) if all(w % d == 0 for w in widths.values())), default=None)
+            hint = f"e.g. {fits}" if fits else "none of 8..256 fits"
+            raise ConfigError(f"group_size={g} does not divide in_features={width} ({what} of {model_cfg.name}); "
+                              f"use a divisor of every layer's width ({hint}) or -1 for per-channel")
+
+
+def code_fingerprint(method: Method, tasks: list[Task], pack: bool) -> dict[str, str]:
+    """Hash of the source files that produce this run's numbers: the core data path, the method's
+    and the tasks' modules (with their base classes'), and the packed modules when packing."""
+    files: set[Path] = set()
+    for rel in CORE_MODULES + (PACKED_MODULES if pack else ()):
+        p = REPO_ROOT / rel
+        files.update(p.rglob("*.py") if p.is_dir() else [p])
+    for obj in (method, *tasks):
+        for cls in type(obj).__mro__:
+            module = sys.modules.get(cls.__module__)
+            src = getattr(module, "__file__", None)
+            if src and not cls.__module__.startswith(("builtins", "abc")):
+                files.add(Path(src).resolve())
+    digest = canonical_hash(sorted((str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else p.name,
+                                    file_sha256(p)) for p in files))
+    return {"harness": harness.__version__, "sha256": digest[:16], "files": str(len(files))}
+
+
+def make_identity(cfg: dict[str, Any], method: Method, tasks: list[Task], env: TaskEnv,
+                  calib: CalibrationSpec | None, pack: bool) -> dict[str, Any]:
+    """Everything that changes a number: model, method options, protocols, calibration, profile,
+    seed, packing, and the hashes of the evaluation and calibration data and of the code."""
+    data = {t.name: data_fingerprint(t.data_keys(), env.data_dir) for t in tasks}
+    if calib is not None:
+        data["calibration"] = data_fingerprint([CORPUS_FILES[calib.corpus]], env.data_dir)
+    return {
+        "model": dict(cfg["model"]),
         "method": {"name": method.name, **vars(method.config)},
         "tasks": {t.name: t.protocol() for t in tasks},
         "calibration": vars(calib) if calib else None,
         "profile": cfg["profile"]["name"],
         "seed": cfg["seed"],
         **({"pack": True} if pack else {}),  # evaluation runs on the packed model
+        "data": data,
+        "code": code_fingerprint(method, tasks, pack),
     }
-    results_dir = Path(cfg["results_dir"]).expanduser()
-    # only methods with one `bits` knob get it in the tag: mixed precision (ratio) carries its budget
-    # in the label already, fp16 and pbllm have none
-    tag = f"{method.label()} w{method.config.bits}" if "bits" in method.knobs else method.label()
-    run_id = make_run_id(model_cfg.name, tag, identity)
-    if not cfg.get("force") and not save and (done := completed(results_dir, run_id)):
-        log.info("skipping %s: a complete record exists (force=true runs it again)", run_id)
-        return done
 
-    run = RunContext(run_id=run_id, config=cfg, results_dir=results_dir, identity=identity)
-    torch.manual_seed(cfg["seed"])
-    timings: dict[str, float] = {}
-    t_start = time.perf_counter()
+
+def source_grid_warning(method: Method, model_cfg: ModelConfig) -> str | None:
+    g = getattr(method.config, "group_size", -1)
+    stored = model_cfg.source_grid.get("group_size")
+    if method.quantizes and stored and 0 < g <= stored and stored % g == 0:
+        return (f"group_size={g} re-finds the {model_cfg.source_grid.get('format')} grid the model's weights were "
+                f"stored on (groups of {stored}): every method looks better than it is")
+    return None
+
+
+def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[str] | None = None) -> Plan:
+    """Validate everything that needs no model and fix the run's identity (cheap: no weights loaded)."""
+    plugins = plugins or make_plugins()
+    method, tasks, env, calib = build(cfg, plugins)
+    model_cfg = build_config(ModelConfig, dict(cfg["model"]), "model")
+    save = bool(cfg.get("save", False))
+    pack = bool(cfg.get("pack", False)) or save
+    check_capabilities(method, model_cfg, env, pack)
+    warnings = ignored_overrides(list(overrides or []), method)
+    if (w := source_grid_warning(method, model_cfg)) is not None:
+        warnings.append(w)
+    for w in warnings:
+        log.warning(w)
+    identity = make_identity(cfg, method, tasks, env, calib, pack)
+    return Plan(cfg=cfg, plugins=plugins, method=method, tasks=tasks, env=env, calib=calib, model_cfg=model_cfg,
+                pack=pack, save=save, offload=bool(cfg.get("offload")) and calib is not None and env.device != "cpu",
+                results_dir=Path(cfg["results_dir"]).expanduser(), identity=identity,
+                run_id=make_run_id(model_cfg.name, method.run_tag(), identity), warnings=warnings,
+                overrides=list(overrides or []))
+
+
+def reusable(p: Plan) -> dict[str, Any] | None:
+    """The complete record of this exact run, if one exists and may be reused (never with force or save)."""
+    if p.cfg.get("force") or p.save:
+        return None
+    path = record_path(p.results_dir, p.run_id)
+    done = completed(p.results_dir, p.run_id)
+    if done is None:
+        return None
+    if done.get("identity") != canonical_identity(p.identity):
+        log.info("not reusing %s: its identity (schema %s) is not this run's; running again", path, done.get("schema"))
+        return None
+    code, data = p.identity["code"], p.identity["data"]
+    log.info("skipping %s: reusing the complete record %s (finished %s): same model, method options, protocols, "
+             "code %s and data (%d files hashed); force=true runs it again", p.run_id, path, done.get("finished"),
+             code["sha256"], sum(len(v) for v in data.values()))
+    return done
+
+
+def canonical_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity as it reads back from a JSON record (tuples → lists, paths → strings)."""
+    return json.loads(json.dumps(identity, default=str))
+
+
+# ----------------------------------------------------------------------------------------- phases
+@contextmanager
+def phase(run: RunContext, name: str) -> Iterator[None]:
+    """Time one phase of the data path into ``run.timings``."""
     t0 = time.perf_counter()
-    offload = bool(cfg.get("offload")) and calib is not None and env.device != "cpu"
-    model, tokenizer, model_info = load_model(model_cfg, env.device, env.cache_dir, seed=cfg["seed"],
-                                              offload=offload)
-    timings["load"] = time.perf_counter() - t0
-    checkpoint = model_info.get("packed_checkpoint")
-    if checkpoint and method.quantizes:
-        raise ConfigError(f"model.path={model_cfg.path} is a packed checkpoint ({checkpoint['method']['label']}); "
+    try:
+        yield
+    finally:
+        run.timings[name] = time.perf_counter() - t0
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+    checkpoint: dict[str, Any] | None  # a packed checkpoint's quantization.json (model.path=<checkpoint>)
+
+
+def load(p: Plan) -> Loaded:
+    model, tokenizer, info = load_model(p.model_cfg, p.env.device, p.env.cache_dir, seed=p.cfg["seed"],
+                                        offload=p.offload)
+    checkpoint = info.get("packed_checkpoint")
+    if checkpoint and p.method.quantizes:
+        raise ConfigError(f"model.path={p.model_cfg.path} is a packed checkpoint ({checkpoint['method']['label']}); "
                           f"evaluate it with method=fp16 (it is not quantized again)")
-    if env.device.startswith("cuda"):
+    if p.env.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    hook.harness_run_start(run=run)
+    return Loaded(model, tokenizer, info, checkpoint)
 
-    calib_info = None
-    t0 = time.perf_counter()
-    if calib is not None:
-        windows, calib_info = calibration_windows(calib, tokenizer, env.data_dir, env.cache_dir)
-        model_key = {"model": identity["model"], "seed": cfg["seed"]}  # the seed matters for random-init models
-        quant = quantize_sequential(model, method, windows, env.device, hook, run,
-                                    cache_dir=env.cache_dir, model_key=model_key)
+
+def quantize(p: Plan, m: Loaded, run: RunContext) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Quantize in place; returns (the record's quantization summary, the integer grids, calibration info)."""
+    hook = p.plugins.hook
+    if p.calib is None:
+        quant, calib_info = quantize_model(m.model, p.method, hook, run), None
     else:
-        quant = quantize_model(model, method, hook, run)
-    timings["quantize"] = time.perf_counter() - t0
-    if offload:
-        model.to(env.device)  # quantized layer by layer on the device; evaluated there as a whole
+        windows, calib_info = calibration_windows(p.calib, m.tokenizer, p.env.data_dir, p.env.cache_dir)
+        model_key = {"model": p.identity["model"], "seed": p.cfg["seed"]}  # the seed matters for random-init models
+        quant = quantize_sequential(m.model, p.method, windows, p.env.device, hook, run,
+                                    cache_dir=p.env.cache_dir, model_key=model_key)
+    if p.offload:
+        m.model.to(p.env.device)  # quantized layer by layer on the device; evaluated there as a whole
     grids = quant.pop("grids", {})  # tensors: never part of the record
-    saved = None
-    if pack:
-        t0 = time.perf_counter()
-        saved = pack_and_check(model, tokenizer, quant, grids, cfg, env, run_id, method, results_dir, save)
-        timings["pack"] = time.perf_counter() - t0
-    del grids
-    record_method = {"name": method.name, "label": method.label(), "options": vars(method.config)}
-    if checkpoint:
-        summary = checkpoint.pop("quantization", None) or {}  # once, under "quantization", not also under "model"
-        quant = {**summary, "loaded_from": model_cfg.path,
-                 "measured": measured_bits(model, summary.get("linear_params", 0))}
-        record_method = {**checkpoint["method"], "loaded_from_checkpoint": True}
+    if m.checkpoint:
+        from harness.packed.qlinear import measured_bits
 
-    metrics: dict[str, dict[str, Any]] = {}
-    for task in tasks:
-        t0 = time.perf_counter()
-        metrics[task.name] = task.evaluate(model, tokenizer, hook, run)
-        timings[f"eval_{task.name}"] = time.perf_counter() - t0
-        hook.harness_task_result(run=run, task=task.name, metrics=metrics[task.name])
-    timings["total"] = time.perf_counter() - t_start
-
-    record = {
-        "schema": SCHEMA_VERSION,
-        "run_id": run_id,
-        "status": "complete",
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": model_info,
-        "method": record_method,
-        "profile": cfg["profile"]["name"],
-        "protocol": identity["tasks"],
-        "calibration": calib_info,
-        "seed": cfg["seed"],
-        "data_dir": str(env.data_dir) if env.data_dir else "huggingface",
-        "device": env.device,
-        "quantization": quant,
-        "metrics": metrics,
-        "timings_s": timings,
-        **({"checkpoint": saved} if saved else {}),
-        "peak_memory_mb": peak_memory(env.device),
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "warnings": warnings,
-        "overrides": list(overrides or []),
-        "config": cfg,
-    }
-    hook.harness_run_end(run=run, record=record)
-    return record
+        summary = m.checkpoint.pop("quantization", None) or {}  # once, under "quantization", not also under "model"
+        quant = {**summary, "loaded_from": p.model_cfg.path,
+                 "measured": measured_bits(m.model, summary.get("linear_params", 0))}
+    return quant, grids, calib_info
 
 
-def pack_and_check(model, tokenizer, quant: dict, grids: dict, cfg: dict, env: TaskEnv, run_id: str, method: Method,
-                   results_dir: Path, save: bool) -> dict | None:
-    """Convert the fake-quant model to ``QuantLinear`` layers, record parity and measured bits in
-    ``quant``, and with ``save`` write the checkpoint (returns its sizes)."""
-    fake = pack_model(model, grids, quant["layers"])
-    spec = build_config(CalibrationSpec, dict(cfg["calibration"]), "calibration")
-    windows, info = calibration_windows(spec, tokenizer, env.data_dir, env.cache_dir)
-    n = int(cfg.get("parity_windows", 2))
-    quant["parity"] = {**parity(model, fake, windows[:n], env.device), "corpus": info.get("corpus")}
+def pack(p: Plan, m: Loaded, quant: dict[str, Any], grids: dict[str, Any]) -> dict[str, Any] | None:
+    """Replace the fake-quant layers by ``QuantLinear``; record parity and measured bits in ``quant``;
+    with ``save``, write the checkpoint and return its sizes."""
+    from harness.packed.checkpoint import save_packed
+    from harness.packed.qlinear import measured_bits, pack_model, parity
+
+    fake = pack_model(m.model, grids, quant["layers"])
+    spec = build_config(CalibrationSpec, dict(p.cfg["calibration"]), "calibration")
+    windows, info = calibration_windows(spec, m.tokenizer, p.env.data_dir, p.env.cache_dir)
+    n = int(p.cfg.get("parity_windows", 2))
+    quant["parity"] = {**parity(m.model, fake, windows[:n], p.env.device), "corpus": info.get("corpus")}
     del fake
-    quant["measured"] = measured_bits(model, quant["linear_params"])
+    quant["measured"] = measured_bits(m.model, quant["linear_params"])
     log.info("packed %d layers: %.3f measured bits/weight (nominal %.3f); parity max |Δlogit| %.3g, Δppl %.3g",
              quant["measured"]["packed_layers"], quant["measured"]["measured_avg_bits"], quant["avg_bits"],
              quant["parity"]["max_abs_logit_err"], quant["parity"]["ppl_diff"])
-    if not save:
+    if not p.save:
         return None
     summary = {k: v for k, v in quant.items() if k != "layers"}
-    meta = {"method": {"name": method.name, "label": method.label(), "options": vars(method.config)},
-            "run_id": run_id, "quantization": summary, "source_model": cfg["model"]}
-    saved = save_packed(model, tokenizer, results_dir / "checkpoints" / run_id, meta)
+    meta = {"method": method_record(p.method), "run_id": p.run_id, "quantization": summary,
+            "source_model": p.cfg["model"]}
+    saved = save_packed(m.model, m.tokenizer, p.results_dir / "checkpoints" / p.run_id, meta)
     log.info("saved %s (%.1f MB; the fp16 model: %.1f MB)", saved["path"], saved["bytes"] / 2**20,
              saved["fp16_model_bytes"] / 2**20)
     return saved
+
+
+def evaluate(p: Plan, m: Loaded, run: RunContext) -> dict[str, dict[str, Any]]:
+    metrics: dict[str, dict[str, Any]] = {}
+    for task in p.tasks:
+        with phase(run, f"eval_{task.name}"):
+            metrics[task.name] = task.evaluate(m.model, m.tokenizer, p.plugins.hook, run)
+        p.plugins.hook.harness_task_result(run=run, task=task.name, metrics=metrics[task.name])
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------- record
+def method_record(method: Method) -> dict[str, Any]:
+    return {"name": method.name, "label": method.label(), "options": vars(method.config)}
+
+
+def environment() -> dict[str, Any]:
+    """What the float path depends on besides the code: threads, machine, BLAS build."""
+    return {"torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+            "processor": platform.processor() or None, "cuda": torch.version.cuda,
+            "mkl": torch.backends.mkl.is_available(), "openmp": torch.backends.openmp.is_available()}
 
 
 def peak_memory(device: str) -> dict[str, float]:
@@ -246,3 +349,63 @@ def peak_memory(device: str) -> dict[str, float]:
     if device.startswith("cuda"):
         out["cuda_allocated"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def make_record(p: Plan, m: Loaded, run: RunContext, quant: dict[str, Any], calib_info: dict[str, Any] | None,
+                metrics: dict[str, dict[str, Any]], saved: dict[str, Any] | None) -> dict[str, Any]:
+    method = method_record(p.method)
+    if m.checkpoint:
+        method = {**m.checkpoint["method"], "loaded_from_checkpoint": True}
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": p.run_id,
+        "status": "complete",
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "identity": canonical_identity(p.identity),
+        "model": m.info,
+        "method": method,
+        "capabilities": vars(p.method.capabilities()),
+        "profile": p.cfg["profile"]["name"],
+        "protocol": p.identity["tasks"],
+        "primary": {t.name: t.primary_metric() for t in p.tasks},
+        "calibration": calib_info,
+        "seed": p.cfg["seed"],
+        "data_dir": str(p.env.data_dir) if p.env.data_dir else "huggingface",
+        "device": p.env.device,
+        "quantization": quant,
+        "metrics": metrics,
+        "timings_s": dict(run.timings),
+        **({"checkpoint": saved} if saved else {}),
+        "peak_memory_mb": peak_memory(p.env.device),
+        "environment": environment(),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "warnings": p.warnings,
+        "overrides": p.overrides,
+        "config": p.cfg,
+    }
+
+
+def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[str] | None = None) -> dict:
+    """Run one configuration end to end and return its record (or the reusable complete one)."""
+    p = plan(cfg, plugins, overrides)
+    if (done := reusable(p)) is not None:
+        return done
+    run = RunContext(run_id=p.run_id, config=cfg, results_dir=p.results_dir, identity=p.identity)
+    torch.manual_seed(cfg["seed"])
+    t_start = time.perf_counter()
+    with phase(run, "load"):
+        m = load(p)
+    p.plugins.hook.harness_run_start(run=run)
+    with phase(run, "quantize"):
+        quant, grids, calib_info = quantize(p, m, run)
+    saved = None
+    if p.pack:
+        with phase(run, "pack"):
+            saved = pack(p, m, quant, grids)
+    del grids
+    metrics = evaluate(p, m, run)
+    run.timings["total"] = time.perf_counter() - t_start
+    record = make_record(p, m, run, quant, calib_info, metrics, saved)
+    p.plugins.hook.harness_run_end(run=run, record=record)
+    return record

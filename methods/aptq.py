@@ -161,6 +161,12 @@ class Aptq(Gptq):
     name = "aptq"
     Config = AptqConfig
     knobs = Gptq.knobs - {"bits"} | {"ratio"}  # high_bits/low_bits and ratio instead of one bits
+    mixed_precision = True
+
+    def bit_widths(self) -> tuple[int, ...]:
+        c = self.config
+        return tuple(sorted({c.high_bits if c.ratio > 0 else c.low_bits, c.low_bits if c.ratio < 1 else c.high_bits},
+                            reverse=True))
 
     def label(self) -> str:
         c = self.config

@@ -140,6 +140,13 @@ class Gptq(Method):
     def label(self) -> str:
         return " ".join(["GPTQ", *self.solver_tags()])
 
+    def pack_refusal(self) -> str | None:
+        c = self.config
+        if getattr(c, "act_order", False) and c.group_size != -1 and not getattr(c, "static_groups", False):
+            return ("the packed format cannot store act_order with dynamic groups (permuted g_idx); "
+                    "set method.static_groups=true or group_size=-1")
+        return super().pack_refusal()
+
     def add_batch(self, name: str, X: torch.Tensor) -> None:
         X = X.unsqueeze(0) if X.dim() == 2 else X  # (B, T, d_in)
         b = X.shape[0]

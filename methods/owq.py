@@ -150,6 +150,9 @@ class Owq(Gptq):
         super().__init__(config)
         self.fp16_columns: dict[str, int] = {}
 
+    def pack_refusal(self) -> str | None:
+        return NOT_PACKABLE
+
     def label(self) -> str:
         return " ".join([f"OWQ {self.config.target_bits:g}", *self.solver_tags()])
 

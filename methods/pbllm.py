@@ -122,6 +122,12 @@ class Pbllm(Gptq):
     def needs_calibration(self) -> bool:  # type: ignore[override]
         return self.config.compensate or self.config.salience == "hessian"
 
+    def pack_refusal(self) -> str | None:
+        return NOT_PACKABLE
+
+    def bit_widths(self) -> tuple[int, ...]:
+        return (self.config.high_bits,)
+
     def label(self) -> str:
         c = self.config
         return f"{'GPTQ-PB' if c.compensate else 'PB-LLM'} {100 * c.salient_frac:g}% {c.salience}"

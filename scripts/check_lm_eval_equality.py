@@ -1,6 +1,6 @@
 """Compare a harness zero-shot record with lm-eval's own CLI, task by task and item by item.
 
-    python scripts/check_lm_eval_equality.py results/records/<FP16 run>.json [--out /tmp/lm_eval_check]
+    python scripts/check_lm_eval_equality.py reference/records/<FP16 run>.json [--out /tmp/lm_eval_check]
 
 For every lm-eval task in the record it runs ``python -m lm_eval run --model hf`` on the embedded
 default model's folder (fp32, CPU) with the task YAML the harness used (lm-eval's built-in config,

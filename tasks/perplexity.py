@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import ConfigError
-from harness.inputs.data import Corpus, load_corpus
+from harness.inputs.data import CORPUS_FILES, Corpus, load_corpus
 from harness.inputs.windows import joined_ids, random_doc_windows, sequential_windows
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.task import Task
@@ -67,6 +67,9 @@ class _Perplexity(Task):
 
     def n_windows(self) -> int | None:
         return self.config.n_windows
+
+    def data_keys(self) -> list[str]:
+        return [CORPUS_FILES[self.corpus]]
 
     def protocol(self) -> dict[str, Any]:
         c = self.config

@@ -36,7 +36,7 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.task import Task
 from harness.util import unknown
-from tasks.zeroshot_data import HELLASWAG_VARIANTS, SUITE, builtin_yaml, prepare
+from tasks.zeroshot_data import HELLASWAG_VARIANTS, SUITE, builtin_yaml, prepare, sources
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +132,16 @@ def samples_sha256(samples: list[dict[str, Any]]) -> str:
 class _ZeroShot(Task):
     primary = "acc"
     lower_is_better = False
+    percent = True
 
     def subtasks(self) -> list[str]:
         raise NotImplementedError
 
     def metric_for(self, task: str) -> str:
         raise NotImplementedError
+
+    def data_keys(self) -> list[str]:
+        return [key for t in self.subtasks() for key in sources(t, self.config.hellaswag)]
 
     def protocol(self) -> dict[str, Any]:
         c = self.config
@@ -238,6 +242,9 @@ class _Single(_ZeroShot):
 
     def combine(self, per_task):
         return per_task[self.name]
+
+    def primary_metric(self) -> dict[str, Any]:
+        return {**super().primary_metric(), "metric": self.metric_for(self.name)}
 
 
 def _single(task: str) -> type[_Single]:

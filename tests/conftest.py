@@ -43,10 +43,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HARNESS_CACHE", "~/.cache/quant-harness")).expanduser()
 
 
-def compose_cfg(overrides: list[str]) -> dict:
+def _compose(overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture(scope="session")
+def compose_cfg():
+    """``compose_cfg([overrides])``: the resolved config as a plain dict, as the CLI would compose it."""
+    return _compose
 
 
 @pytest.fixture
@@ -54,7 +60,7 @@ def tiny_cfg(tmp_path):
     """A fast config: tiny random LLaMA, 2 windows of 64 tokens per task, no W&B."""
 
     def make(*overrides: str) -> dict:
-        return compose_cfg([
+        return _compose([
             "model=tiny_llama", "wandb.mode=disabled", f"results_dir={tmp_path / 'results'}",
             "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2", "profile.calib_samples=4",
             *overrides,
@@ -63,7 +69,39 @@ def tiny_cfg(tmp_path):
     return make
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def _run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+             ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd or REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli("harness", *overrides, env={...})``: ``python -m ...`` in a subprocess from the checkout."""
+    return _run_cli
+
+
+@pytest.fixture(scope="session")
+def correlated_inputs():
+    """``correlated_inputs(n, d, seed)``: (n, d) inputs with correlated channels, as layer inputs are."""
+
+    def make(n=512, d=64, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        A = torch.randn(d, d, generator=g) / d**0.5
+        return torch.randn(n, d, generator=g) @ A + 0.1 * torch.randn(n, d, generator=g)  # (n, d)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def hessian():
+    """``hessian(X)``: GPTQ's H = 2/n Σ XXᵀ of inputs X (n, d) → (d, d), through ``Gptq.add_batch``."""
+    from methods.gptq import Gptq, GptqConfig
+
+    def H(X):
+        m = Gptq(GptqConfig())
+        m.add_batch("l", X.unsqueeze(0))
+        return m.H["l"]
+
+    return H

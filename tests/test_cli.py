@@ -2,13 +2,12 @@
 import json
 
 import pytest
-from conftest import run_cli
 
 TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
         "wandb.mode=disabled"]
 
 
-def test_bad_inputs_give_one_line_errors(tmp_path):
+def test_bad_inputs_give_one_line_errors(tmp_path, run_cli):
     cases = {
         "method=nope": "unknown method 'nope'; known: aptq, fp16, gptq, owq, pbllm, rtn",
         "ratio=1.5": "ratio=1.5 is outside [0, 1]",
@@ -18,6 +17,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         "group_size=128": "group_size=128 does not divide in_features=64",
         "method=owq bits=4 method.target_bits=3.5": "target_bits=3.5 must be in [bits=4, 16)",
         "method=pbllm method.salient_frac=1.5": "salient_frac=1.5 is outside (0, 1)",
+        "device=tpu": "device='tpu' is unknown; use auto, cpu, cuda or cuda:N",
+        "group_size=7": "group_size=7 does not divide in_features=64 (hidden_size of tiny-llama)",
+        "method=owq pack=true": "OWQ 4.01 cannot be packed: fp16 weak columns",
     }
     for override, message in cases.items():
         res = run_cli("harness", *TINY, f"results_dir={tmp_path}", *override.split())
@@ -25,9 +27,10 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         errors = [line for line in res.stderr.splitlines() + res.stdout.splitlines() if "[ERROR]" in line]
         assert len(errors) == 1 and message in errors[0], (override, res.stderr[-2000:])
         assert "Traceback" not in res.stderr
+        assert "converting" not in res.stderr and not (tmp_path / "wandb").exists()  # refused before any work
 
 
-def test_run_writes_a_complete_record_and_resumes(tmp_path):
+def test_run_writes_a_complete_record_and_resumes(tmp_path, run_cli):
     res = run_cli("harness", *TINY, f"results_dir={tmp_path}", "method=rtn", "bits=3")
     assert res.returncode == 0, res.stderr[-3000:]
     (path,) = (tmp_path / "records").glob("*.json")
@@ -49,7 +52,7 @@ def test_run_writes_a_complete_record_and_resumes(tmp_path):
     assert len(list((tmp_path / "records").glob("*.json"))) == 1
 
 
-def test_multirun_sweep_and_report(tmp_path):
+def test_multirun_sweep_and_report(tmp_path, run_cli):
     res = run_cli("harness", "-m", *TINY, "task=[wikitext2]", f"results_dir={tmp_path}",
                   "method=fp16,rtn", "bits=3,4")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -67,7 +70,7 @@ def test_multirun_sweep_and_report(tmp_path):
     assert "Leaderboard" in (tmp_path / "tables" / "leaderboard.md").read_text()
 
 
-def test_help_and_cfg_job():
+def test_help_and_cfg_job(run_cli):
     res = run_cli("harness", "--help")
     assert res.returncode == 0 and "method: aptq, fp16, gptq, owq, pbllm, rtn" in res.stdout
     res = run_cli("harness", "--cfg", "job", "method=rtn", "bits=2")

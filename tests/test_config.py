@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import pytest
-from conftest import compose_cfg
 
 from harness.cli import CONF_DIR
 from harness.inputs.model import ModelConfig
@@ -16,7 +15,7 @@ GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
 
 @pytest.mark.parametrize("method", GROUPS["method"])
 @pytest.mark.parametrize("profile", GROUPS["profile"])
-def test_every_method_and_profile_composes_and_builds(method, profile):
+def test_every_method_and_profile_composes_and_builds(method, profile, compose_cfg):
     cfg = compose_cfg([f"method={method}", f"profile={profile}"])
     m, tasks, _, _ = build(cfg, make_plugins())
     assert m.name == method
@@ -26,7 +25,7 @@ def test_every_method_and_profile_composes_and_builds(method, profile):
 
 
 @pytest.mark.parametrize("model", GROUPS["model"])
-def test_every_model_config_validates(model):
+def test_every_model_config_validates(model, compose_cfg):
     extra = ["model.path=some/model"] if model == "hf" else []
     cfg = compose_cfg([f"model={model}", *extra])
     mc = build_config(ModelConfig, cfg["model"], "model")
@@ -34,13 +33,13 @@ def test_every_model_config_validates(model):
 
 
 @pytest.mark.parametrize("task", GROUPS["task"])
-def test_each_task_alone(task):
+def test_each_task_alone(task, compose_cfg):
     cfg = compose_cfg([f"task=[{task}]"])
     _, tasks, _, _ = build(cfg, make_plugins())
     assert [t.name for t in tasks] == [task]
 
 
-def test_top_level_knobs_reach_the_method():
+def test_top_level_knobs_reach_the_method(compose_cfg):
     cfg = compose_cfg(["method=rtn", "bits=3", "group_size=64", "sym=true"])
     assert cfg["method"] == {"name": "rtn", "bits": 3, "group_size": 64, "sym": True}
     m, _, _, _ = build(cfg, make_plugins())
@@ -48,14 +47,14 @@ def test_top_level_knobs_reach_the_method():
 
 
 @pytest.mark.parametrize("method", ["gptq", "aptq", "owq"])
-def test_solver_knobs_reach_every_gptq_family_method(method):
+def test_solver_knobs_reach_every_gptq_family_method(method, compose_cfg):
     cfg = compose_cfg([f"method={method}", "act_order=true", "true_sequential=true", "group_size=64"])
     m, _, _, _ = build(cfg, make_plugins())
     assert (m.config.act_order, m.config.true_sequential, m.config.group_size) == (True, True, 64)
     assert not build(compose_cfg([f"method={method}"]), make_plugins())[0].config.act_order  # reference default
 
 
-def test_solver_knobs_are_reported_ignored_by_other_methods_and_validated():
+def test_solver_knobs_are_reported_ignored_by_other_methods_and_validated(compose_cfg):
     from harness.errors import ConfigError
     from harness.run import ignored_overrides
 
@@ -66,14 +65,14 @@ def test_solver_knobs_are_reported_ignored_by_other_methods_and_validated():
         build(compose_cfg(["method=gptq", "true_sequential=yes"]), make_plugins())
 
 
-def test_paper_profile_is_the_full_protocol():
+def test_paper_profile_is_the_full_protocol(compose_cfg):
     cfg = compose_cfg(["profile=paper"])
     assert cfg["task"]["wikitext2"]["seqlen"] == 2048 and cfg["task"]["wikitext2"]["n_windows"] is None
     assert cfg["task"]["c4"]["n_windows"] == 256
     assert cfg["calibration"] == {"source": "c4", "nsamples": 128, "seqlen": 2048, "seed": 0}
 
 
-def test_unknown_method_option_is_a_clear_error():
+def test_unknown_method_option_is_a_clear_error(compose_cfg):
     from harness.errors import ConfigError
 
     cfg = compose_cfg(["+method.blocksize=64"])

@@ -5,7 +5,6 @@ printed digits). Quantized runs must be worse than FP16, and 3-bit worse than 4-
 per-channel must stay at its measured figure and within 1% of the reference GPTQ code's.
 """
 import pytest
-from conftest import compose_cfg
 
 from harness.run import execute
 
@@ -15,7 +14,7 @@ GPTQ4_REFERENCE = 53.0  # the reference GPTQ code on the same model and protocol
 
 
 @pytest.fixture(scope="module")
-def ppl(tmp_path_factory):
+def ppl(tmp_path_factory, compose_cfg):
     results = tmp_path_factory.mktemp("golden")
 
     def run(*overrides: str) -> float:

@@ -8,19 +8,7 @@ from harness.quantize.sequential import capture_inputs, stages
 from methods.gptq import Gptq, GptqConfig, gptq_quantize
 
 
-def correlated_inputs(n=512, d=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(d, d, generator=g) / d**0.5
-    return torch.randn(n, d, generator=g) @ A + 0.1 * torch.randn(n, d, generator=g)  # (n, d)
-
-
-def hessian(X):
-    m = Gptq(GptqConfig())
-    m.add_batch("l", X.unsqueeze(0))
-    return m.H["l"]
-
-
-def test_add_batch_accumulates_2_xxt_over_n_sequences():
+def test_add_batch_accumulates_2_xxt_over_n_sequences(correlated_inputs):
     X = correlated_inputs()
     m = Gptq(GptqConfig())
     m.add_batch("l", X[:256].unsqueeze(0))
@@ -30,7 +18,7 @@ def test_add_batch_accumulates_2_xxt_over_n_sequences():
 
 
 @pytest.mark.parametrize("bits,group_size,act_order", [(4, -1, False), (3, -1, True), (3, 16, False), (2, 16, True)])
-def test_gptq_output_error_beats_rtn(bits, group_size, act_order):
+def test_gptq_output_error_beats_rtn(bits, group_size, act_order, correlated_inputs, hessian):
     torch.manual_seed(0)
     W, X = torch.randn(32, 64), correlated_inputs()
     spec = QuantSpec(bits, group_size)
@@ -42,7 +30,7 @@ def test_gptq_output_error_beats_rtn(bits, group_size, act_order):
         assert max(row.unique().numel() for row in Q) <= 2**bits
 
 
-def test_lazy_block_updates_are_exact():
+def test_lazy_block_updates_are_exact(correlated_inputs, hessian):
     torch.manual_seed(1)
     W, H = torch.randn(16, 48), hessian(correlated_inputs(d=48))
     spec = QuantSpec(3)
@@ -52,7 +40,7 @@ def test_lazy_block_updates_are_exact():
     assert (Q1 != Q128).float().mean() < 0.01 and (Q7 != Q128).float().mean() < 0.01  # float rounding only
 
 
-def test_dead_inputs_and_singular_hessians_do_not_crash():
+def test_dead_inputs_and_singular_hessians_do_not_crash(correlated_inputs, hessian):
     W, X = torch.randn(8, 16), correlated_inputs(n=4, d=16)  # rank 4 < 16: singular H
     X[:, 3] = 0  # a dead input
     H = hessian(X)

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from test_gptq import correlated_inputs, hessian
 
 from harness.errors import ConfigError
 from harness.quantize.primitives import QuantSpec
@@ -8,14 +7,18 @@ from methods.gptq import GptqConfig, gptq_quantize
 from methods.owq import INDEX_BITS, OwqConfig, allocate_fp16_columns, layer_bits, owq_quantize, weak_columns
 
 
-def outlier_inputs(d=64, loud=(5, 13), seed=0):
-    X = correlated_inputs(d=d, seed=seed)
-    X[:, list(loud)] *= 20  # a few input channels with large activations, as in LLMs
-    return X
+@pytest.fixture
+def outlier_inputs(correlated_inputs):
+    def make(d=64, loud=(5, 13), seed=0):
+        X = correlated_inputs(d=d, seed=seed)
+        X[:, list(loud)] *= 20  # a few input channels with large activations, as in LLMs
+        return X
+
+    return make
 
 
 @pytest.mark.parametrize("bits,group_size", [(4, -1), (3, -1), (3, 16)])
-def test_without_fp16_columns_owq_is_exactly_gptq(bits, group_size):
+def test_without_fp16_columns_owq_is_exactly_gptq(bits, group_size, hessian, outlier_inputs):
     torch.manual_seed(0)
     W, H = torch.randn(32, 64), hessian(outlier_inputs())
     spec = QuantSpec(bits, group_size)
@@ -24,7 +27,7 @@ def test_without_fp16_columns_owq_is_exactly_gptq(bits, group_size):
     assert torch.equal(Q_gptq, Q_owq) and s_owq["loss"] == pytest.approx(s_gptq["loss"], rel=1e-5)
 
 
-def test_weak_columns_are_the_sensitive_inputs():
+def test_weak_columns_are_the_sensitive_inputs(hessian, outlier_inputs):
     torch.manual_seed(0)
     W, X = torch.randn(32, 64), outlier_inputs()
     X[:, 40] *= 50  # the loudest input of all ...
@@ -34,7 +37,7 @@ def test_weak_columns_are_the_sensitive_inputs():
 
 
 @pytest.mark.parametrize("act_order", [False, True])
-def test_fp16_columns_carry_the_compensation_and_beat_gptq(act_order):
+def test_fp16_columns_carry_the_compensation_and_beat_gptq(act_order, hessian, outlier_inputs):
     torch.manual_seed(0)
     W, X = torch.randn(32, 64), outlier_inputs()
     H, spec = hessian(X), QuantSpec(3)
@@ -95,9 +98,7 @@ def test_owq_end_to_end_on_a_tiny_model(tiny_cfg):
     assert rec["metrics"]["arc_easy"]["items"] == 3 and 0 <= rec["metrics"]["arc_easy"]["acc"] <= 1
 
 
-def test_target_bits_follow_bits_in_the_config():
-    from conftest import compose_cfg
-
+def test_target_bits_follow_bits_in_the_config(compose_cfg):
     assert compose_cfg(["method=owq"])["method"]["target_bits"] == 4.01
     assert compose_cfg(["method=owq", "bits=3"])["method"]["target_bits"] == 3.01
     assert compose_cfg(["method=owq", "bits=3", "method.target_bits=3.1"])["method"]["target_bits"] == 3.1

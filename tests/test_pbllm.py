@@ -1,6 +1,5 @@
 import pytest
 import torch
-from test_gptq import correlated_inputs, hessian
 from torch import nn
 
 from harness.errors import ConfigError
@@ -35,7 +34,7 @@ def test_plain_partial_binarization():
     assert torch.allclose(Q[~salient], expect[~salient])
 
 
-def test_hessian_salience_is_w2_over_hinv_diag2():
+def test_hessian_salience_is_w2_over_hinv_diag2(correlated_inputs, hessian):
     torch.manual_seed(0)
     X = correlated_inputs()
     X[:, 7] *= 30  # a loud input: its weights matter more
@@ -48,7 +47,7 @@ def test_hessian_salience_is_w2_over_hinv_diag2():
 
 
 @pytest.mark.parametrize("salience", ["magnitude", "hessian"])
-def test_error_compensation_beats_none(salience):
+def test_error_compensation_beats_none(salience, correlated_inputs, hessian):
     torch.manual_seed(0)
     W, X = torch.randn(32, 64), correlated_inputs()
     H = hessian(X)
@@ -59,7 +58,7 @@ def test_error_compensation_beats_none(salience):
     assert err[True] < 0.95 * err[False]
 
 
-def test_more_salient_weights_less_error():
+def test_more_salient_weights_less_error(correlated_inputs, hessian):
     torch.manual_seed(0)
     W, X = torch.randn(32, 64), correlated_inputs()
     H = hessian(X)

@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from test_gptq import correlated_inputs, hessian
 
 from harness.errors import ConfigError
 from harness.inputs.model import ModelConfig, load_model
@@ -22,7 +21,7 @@ TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num
 
 @pytest.mark.parametrize("group_size,act_order,static", [(-1, False, False), (16, False, False), (16, True, True),
                                                          (-1, True, False)])
-def test_gptq_returns_the_grid_it_used(group_size, act_order, static):
+def test_gptq_returns_the_grid_it_used(group_size, act_order, static, correlated_inputs, hessian):
     torch.manual_seed(0)
     W, H = torch.randn(32, 64), hessian(correlated_inputs())
     cfg = GptqConfig(4, group_size, act_order=act_order, static_groups=static)
@@ -35,7 +34,7 @@ def test_gptq_returns_the_grid_it_used(group_size, act_order, static):
     assert torch.allclose(s * (codes - z), Q, atol=1e-5)  # every weight lies on the returned grid
 
 
-def test_gptq_act_order_dynamic_groups_report_g_idx_and_refuse_packing():
+def test_gptq_act_order_dynamic_groups_report_g_idx_and_refuse_packing(correlated_inputs, hessian):
     torch.manual_seed(0)
     W, H = torch.randn(16, 64), hessian(correlated_inputs())
     Q, stats = gptq_quantize(W, H, QuantSpec(4, 16), GptqConfig(4, 16, act_order=True))
@@ -146,7 +145,7 @@ def test_corrupt_and_mismatched_checkpoints_fail_clearly(tiny_cfg, tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     (["method=rtn", "bits=3", "pack=true"], "bits=3 cannot be packed"),
-    (["method=fp16", "save=true"], "need a quantizing method"),
+    (["method=fp16", "save=true"], "leaves the model as is"),
     (["method=gptq", "group_size=32", "method.act_order=true", "pack=true"], "static_groups=true"),
     (["method=rtn", "group_size=8", "pack=true"], "group_size=8 cannot be packed"),
 ])

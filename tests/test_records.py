@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,79 @@ def test_other_architectures_and_group_sizes(tiny_cfg):
     assert rec["quantization"]["avg_bits"] == 4.0
     assert rec["quantization"]["avg_bits_with_overhead"] == pytest.approx(4 + 16 / 32)
     assert all(info["group_size"] == 32 for info in rec["quantization"]["layers"].values())
+
+
+def test_the_identity_covers_code_and_data_and_a_skip_names_the_record(tiny_cfg, tmp_path, monkeypatch, caplog):
+    import logging
+    import shutil
+
+    import harness.run as R
+
+    cfg = tiny_cfg("method=rtn", "task=[wikitext2]")
+    first = execute(cfg)
+    assert first["identity"]["code"]["sha256"] and first["identity"]["data"]["wikitext2"]
+    with caplog.at_level(logging.INFO, logger="harness.run"):
+        again = execute(cfg)
+    assert again["run_id"] == first["run_id"] and again["finished"] == first["finished"]
+    assert f"reusing the complete record {tmp_path / 'results' / 'records' / first['run_id']}.json" in caplog.text
+
+    # other evaluation data (one changed byte): another identity, so the old number is never reused
+    data = tmp_path / "data"
+    shutil.copytree(R.resolve_data_dir(None) / "wikitext2", data / "wikitext2")
+    raw = data / "wikitext2" / "wiki.test.raw"
+    raw.write_text(raw.read_text(encoding="utf-8").replace("the", "thE", 1), encoding="utf-8")
+    other_data = execute({**cfg, "data_dir": str(data)})
+    assert other_data["run_id"] != first["run_id"]
+
+    # other code (a changed source file): another identity
+    real = R.file_sha256
+    monkeypatch.setattr(R, "file_sha256", lambda p: real(p) + ("x" if str(p).endswith("rtn.py") else ""))
+    other_code = execute(cfg)
+    assert other_code["run_id"] != first["run_id"] and other_code["finished"] >= first["finished"]
+    assert other_code["identity"]["code"] != first["identity"]["code"]
+
+
+def test_a_record_with_the_same_run_id_but_another_identity_is_not_reused(tiny_cfg, caplog):
+    import logging
+
+    from harness.results.records import record_path
+
+    cfg = tiny_cfg("method=rtn", "task=[wikitext2]")
+    rec = execute(cfg)
+    path = record_path(Path(cfg["results_dir"]), rec["run_id"])
+    stale = {**json.loads(path.read_text()), "identity": {"code": "older"}, "finished": "2000-01-01"}
+    write_atomic(path, stale)
+    with caplog.at_level(logging.INFO, logger="harness.run"):
+        rerun = execute(cfg)
+    assert "its identity (schema 2) is not this run's" in caplog.text and rerun["finished"] > "2000-01-01"
+
+
+def test_unreadable_records_are_named_in_one_line_and_left_out(tmp_path, caplog):
+    import logging
+
+    recs = tmp_path / "records"
+    write_atomic(recs / "future.json", {"schema": 99, "status": "complete"})
+    write_atomic(recs / "other.json", {"schema": 2, "status": "complete", "hello": 1})
+    write_atomic(recs / "half.json", {"schema": 2, "status": "running"})
+    (recs / "broken.json").write_text('{"schema": 2, "sta')
+    with caplog.at_level(logging.WARNING):
+        assert load_records(tmp_path) == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("future.json: schema 99 is not one this harness reads (1..2)" in m for m in lines)
+    assert any("other.json: it has no 'run_id'" in m for m in lines)
+    assert any("broken.json: not valid JSON" in m for m in lines)
+    assert not any("half.json" in m for m in lines)  # an interrupted run is simply not a result
+
+
+def test_the_published_reference_records_render(tmp_path):
+    """The records in reference/ (schema 1, written before the identity) still render into their tables."""
+    from harness.results.report import REFERENCE_DIR, build_tables
+
+    recs = load_records(REFERENCE_DIR)
+    assert len(recs) >= 30 and {r["schema"] for r in recs} == {1}
+    ((key, table),) = build_tables(recs).items()
+    assert key == ("SmolLM2-135M-Instruct", "quick")
+    names = [c.name for c in table["columns"]]
+    assert names[:2] == ["wikitext2 ppl", "c4 ppl"] and "zeroshot mean" in names
+    fp16 = next(cells for label, bits, cells in table["rows"] if label == "FP16")
+    assert round(fp16[table["columns"][0]], 2) == 29.19

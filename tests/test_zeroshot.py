@@ -3,7 +3,6 @@ and equality with a direct lm-eval run on the default model (a slice of every ta
 import json
 
 import pytest
-from conftest import compose_cfg
 
 from harness.errors import ConfigError
 from harness.plugins.manager import make_plugins
@@ -13,7 +12,7 @@ from tasks.zeroshot import DEFAULT_METRIC, samples_sha256
 from tasks.zeroshot_data import SUITE, prepare
 
 
-def test_tasks_are_registered_and_compose():
+def test_tasks_are_registered_and_compose(compose_cfg):
     plugins = make_plugins()
     assert set(SUITE) | {"zeroshot"} <= set(plugins.tasks.names())
     cfg = compose_cfg(["task=[zeroshot]"])
@@ -31,7 +30,7 @@ def test_tasks_are_registered_and_compose():
     ("task.zeroshot.limit=0", "limit=0 must be a positive integer"),
     ("task.zeroshot.hellaswag=all", "hellaswag='all' is unknown; use subset or full"),
 ])
-def test_bad_options_are_one_line_errors(override, message):
+def test_bad_options_are_one_line_errors(override, message, compose_cfg):
     cfg = compose_cfg(["task=[zeroshot]", override])
     with pytest.raises(ConfigError) as err:
         build(cfg, make_plugins())
@@ -60,9 +59,11 @@ def test_quantized_tiny_model_through_the_suite_and_the_tables(tiny_cfg, tmp_pat
     assert single["items"] == 2 and single["metric"] == "acc"
     assert rec["protocol"]["zeroshot"]["limit"] == 3 and rec["protocol"]["zeroshot"]["data"] == "local"
     ((_, table),) = build_tables([rec]).items()
-    assert table["columns"] == ["piqa acc", "hellaswag acc_norm", "arc_easy acc", "arc_challenge acc_norm",
-                                "winogrande acc", "zeroshot mean"]
-    assert table["rows"][0][2]["winogrande acc"] == single["acc"]  # the single task's run (later) wins the cell
+    cols = {c.name: c for c in table["columns"]}
+    assert list(cols) == ["piqa acc", "hellaswag acc_norm", "arc_easy acc", "arc_challenge acc_norm",
+                          "winogrande acc", "zeroshot mean"]
+    assert all(c.percent and not c.lower_is_better for c in cols.values())
+    assert table["rows"][0][2][cols["winogrande acc"]] == single["acc"]  # the single task's run (later) wins the cell
     written = render(tmp_path / "results")
     md = written["tiny-llama__quick.md"].read_text()
     assert "| RTN | 4 |" in md and "zeroshot mean ↑" in md
@@ -72,7 +73,7 @@ def test_quantized_tiny_model_through_the_suite_and_the_tables(tiny_cfg, tmp_pat
 
 
 @pytest.mark.slow
-def test_harness_equals_a_direct_lm_eval_run_item_for_item(data_dir, cache_dir, tmp_path):
+def test_harness_equals_a_direct_lm_eval_run_item_for_item(data_dir, cache_dir, tmp_path, compose_cfg):
     """FP16 default model, local data, first 3 items of every task, batch 4: the harness (in-memory
     model, HFLM(pretrained=model)) against lm-eval loading the same weights from their folder,
     with the same task YAML. acc/acc_norm, their stderrs, and every item's log-likelihoods equal."""
@@ -98,7 +99,7 @@ def test_harness_equals_a_direct_lm_eval_run_item_for_item(data_dir, cache_dir, 
         assert m["items"] == len(ref["samples"][task]) == limit
 
 
-def test_without_local_data_the_builtin_hub_datasets_are_used(tmp_path, cache_dir):
+def test_without_local_data_the_builtin_hub_datasets_are_used(tmp_path, cache_dir, compose_cfg):
     """No data directory: lm-eval's built-in config loads its Hugging Face dataset unchanged; offline
     (as in the tests) that is one clear line, not a traceback from deep inside datasets."""
     from harness.inputs.model import ModelConfig, load_model

@@ -102,7 +102,8 @@ def _copy_task(data_dir, tmp_path, folder):
 
 
 def test_bad_inputs_are_one_line_errors(data_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"^unknown zero-shot task 'pica'; known: arc_challenge, .*winogrande\. Did you mean 'piqa'\?$"):
+    msg = r"^unknown zero-shot task 'pica'; known: arc_challenge, .*winogrande\. Did you mean 'piqa'\?$"
+    with pytest.raises(ConfigError, match=msg):
         prepare("pica", data_dir, tmp_path)
     with pytest.raises(ConfigError, match=r"missing data file .*/piqa/valid.jsonl"):
         prepare("piqa", tmp_path, tmp_path)

@@ -23,11 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ConfigError
-from harness.util import REPO_ROOT
+from harness.util import REPO_ROOT, file_sha256
 
 ENV_VAR = "HARNESS_DATA"
 C4_EVAL_DOCS = 1000  # local C4 docs [0, 1000) evaluate, [1000, 2000) calibrate
@@ -90,6 +91,20 @@ def local_file(data_dir: Path, key: str) -> Path:
             f"laid out like ../shared/data"
         )
     return path
+
+
+CORPUS_FILES = {"wikitext2_test": "wikitext2_test", "wikitext2_valid": "wikitext2_valid", "c4_eval": "c4",
+                "c4_calib": "c4"}  # corpus -> its ``FILES`` key
+
+
+def data_fingerprint(keys: Iterable[str], data_dir: Path | None) -> dict[str, str]:
+    """SHA-256 of each local file ``FILES[key]`` (keyed by its path under the data directory, so
+    the same data elsewhere has the same fingerprint); a missing file is a one-line error. Without a
+    local data directory the text comes from Hugging Face and is named, not hashed, here (the
+    record still hashes the evaluated text)."""
+    if data_dir is None:
+        return {key: "huggingface" for key in keys}
+    return {FILES[key]: file_sha256(local_file(data_dir, key)) for key in keys}
 
 
 def _wikitext_rows(path: Path) -> list[str]:

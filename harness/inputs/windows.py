@@ -93,6 +93,11 @@ class CalibrationSpec:
         if self.nsamples < 1 or self.seqlen < 2:
             raise ConfigError("calibration.nsamples must be ≥ 1 and calibration.seqlen ≥ 2")
 
+    @property
+    def corpus(self) -> str:
+        """The corpus the windows are drawn from: never WikiText-2 test, never the C4 evaluation docs."""
+        return "c4_calib" if self.source == "c4" else "wikitext2_valid"
+
 
 def calibration_windows(
     spec: CalibrationSpec, tokenizer, data_dir: Path | None, cache_dir: Path
@@ -102,7 +107,7 @@ def calibration_windows(
     Never drawn from WikiText-2 test or from the C4 evaluation documents. Returns the windows
     and a description for the record (source corpus, its hash, the cache key).
     """
-    corpus = load_corpus("c4_calib" if spec.source == "c4" else "wikitext2_valid", data_dir)
+    corpus = load_corpus(spec.corpus, data_dir)
     key_src = json.dumps(
         {**asdict(spec), "corpus": corpus.sha256(), "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer)},
         sort_keys=True,

@@ -23,7 +23,6 @@ from harness.errors import ConfigError
 from harness.packed.ops import quant_matmul
 from harness.packed.packing import (
     PACK_BITS,
-    check_group_size,
     check_packable,
     codes_per_word,
     pack_weight,
@@ -93,21 +92,6 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
         return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, {g}, bias={self.bias is not None}"
-
-
-def check_pack_config(method: Any) -> None:
-    """Reject, before any work, a method configuration the packed format cannot hold."""
-    cfg = method.config
-    if not method.quantizes:
-        raise ConfigError(f"pack=true/save=true need a quantizing method; method={method.name} leaves the model as is")
-    bits = getattr(cfg, "bits", None)
-    if bits is not None and bits not in PACK_BITS:  # mixed methods (APTQ) have no single bits: 2/4 by design
-        raise ConfigError(f"pack=true stores 2- and 4-bit weights; bits={bits} cannot be packed (use bits=2 or 4)")
-    g = getattr(cfg, "group_size", -1)
-    check_group_size(g)
-    if getattr(cfg, "act_order", False) and g != -1 and not getattr(cfg, "static_groups", False):
-        raise ConfigError("pack=true cannot store act_order with dynamic groups (permuted g_idx); "
-                          "set method.static_groups=true or group_size=-1")
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:

@@ -1,7 +1,7 @@
 """Every hook the harness calls, grouped by lifecycle.
 
 A plugin is a module (or object) with functions named like the specs below and decorated with
-``harness.hookimpl``. Built-in plugins live in ``methods/``, ``tasks/`` and ``harness/observers``;
+``harness.hookimpl``. Built-in plugins live in ``methods/``, ``tasks/`` and ``harness/plugins/observers``;
 third-party plugins are found through the ``harness`` entry-point group::
 
     [project.entry-points.harness]
@@ -21,16 +21,33 @@ Observer hooks (called during a run, in order)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pluggy
-
-if TYPE_CHECKING:
-    from harness.run import RunContext
 
 PROJECT = "harness"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass
+class RunContext:
+    """What observers see of a run.
+
+    ``config`` is the resolved config (a plain dict), ``run_id`` the record's key, ``identity``
+    everything the run id hashes (model, method options, protocols, data and code hashes),
+    ``timings`` the seconds of each finished phase, ``state`` scratch space for observers (keyed by
+    plugin).
+    """
+
+    run_id: str
+    config: dict[str, Any]
+    results_dir: Path
+    identity: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- registration

@@ -18,18 +18,39 @@ A method is a class with
 - ``plan_bits(layers)``: the per-layer bit plan (mixed precision methods override it);
 - ``quantize_layer(name, layer, spec)``: replace ``layer.weight`` by its quantized version and
   return per-layer info for the record.
+
+What a configured method can do is declared, so the harness refuses an impossible run before it
+loads anything (``capabilities()``): whether it quantizes at all, needs calibration data, mixes bit
+widths, which bit widths and knobs it uses, and whether (or why not) the packed 2/4-bit format can
+hold its result (``pack_refusal``). ``run_tag()`` is the readable part of its run id.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from harness.errors import ConfigError
+from harness.packed.packing import PACK_BITS, check_group_size
 from harness.quantize.layers import run_block
 from harness.quantize.primitives import QuantSpec
 from harness.util import build_config
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one configured method does, known before any model is loaded (kept in the record)."""
+
+    quantizes: bool
+    needs_calibration: bool
+    mixed_precision: bool
+    bit_widths: tuple[int, ...]  # the grids its layers may use (PB-LLM: the salient grid)
+    knobs: tuple[str, ...]
+    packable: bool
+    not_packable_because: str | None = None
 
 
 class Method(ABC):
@@ -40,6 +61,8 @@ class Method(ABC):
     knobs: ClassVar[frozenset[str]] = frozenset()
     #: True when ``add_batch`` must see calibration activations before ``quantize_layer``.
     needs_calibration: ClassVar[bool] = False
+    #: True when ``plan_bits`` may give layers different bit widths.
+    mixed_precision: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -86,8 +109,36 @@ class Method(ABC):
         return True
 
     def label(self) -> str:
-        """Short human label for tables, e.g. ``RTN w4 g-1``."""
+        """Short human label for tables, e.g. ``RTN g64``."""
         return self.name
+
+    def run_tag(self) -> str:
+        """The readable part of the run id: the label, and ``w<bits>`` for a method with one ``bits`` knob
+        (mixed precision carries its budget in the label; fp16 and PB-LLM have none)."""
+        return f"{self.label()} w{self.config.bits}" if "bits" in self.knobs else self.label()
+
+    def bit_widths(self) -> tuple[int, ...]:
+        """The bit widths ``plan_bits`` may choose (default: the one ``config.bits``)."""
+        return (self.config.bits,) if self.quantizes else ()
+
+    def pack_refusal(self) -> str | None:
+        """Why this configuration's result cannot be stored in the packed format; None when it can."""
+        if not self.quantizes:
+            return f"method={self.name} leaves the model as is (nothing to pack)"
+        wrong = [b for b in self.bit_widths() if b not in PACK_BITS]
+        if wrong:
+            return f"the packed format stores 2- and 4-bit weights; bits={wrong[0]} cannot be packed (use bits=2 or 4)"
+        try:
+            check_group_size(getattr(self.config, "group_size", -1))
+        except ConfigError as err:
+            return str(err)
+        return None
+
+    def capabilities(self) -> Capabilities:
+        refusal = self.pack_refusal()
+        return Capabilities(quantizes=self.quantizes, needs_calibration=bool(self.needs_calibration),
+                            mixed_precision=self.mixed_precision, bit_widths=tuple(self.bit_widths()),
+                            knobs=tuple(sorted(self.knobs)), packable=refusal is None, not_packable_because=refusal)
 
     def spec(self, bits: int) -> QuantSpec:
         cfg = self.config

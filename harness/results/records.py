@@ -1,12 +1,16 @@
 """Run records: one JSON file per run under ``<results_dir>/records``, written atomically.
 
-A record is keyed by ``run_id``: a readable prefix plus a hash of everything that determines the
-numbers (model, method options, tasks and their protocol, calibration, seed). A sweep that is
-interrupted and started again skips the runs whose complete record already exists.
+A record is keyed by ``run_id``: a readable prefix plus a hash of the run's identity, everything
+that determines the numbers (model, method options, tasks and their protocol, calibration, seed,
+the hashes of the evaluation and calibration data and of the code; ``harness.run.make_identity``).
+The record keeps that identity, and a run is skipped only when a complete record with the same
+identity exists, so a sweep interrupted and started again runs only the unfinished points and
+never reuses a number computed by other code or from other data.
 """
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
 import subprocess
@@ -16,7 +20,9 @@ from typing import Any
 
 from harness.util import REPO_ROOT, canonical_hash
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # 2: identity (code and data hashes), capabilities, primary metrics, environment
 PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "pluggy", "datasets", "wandb", "triton")
 
 
@@ -46,12 +52,32 @@ def completed(results_dir: Path, run_id: str) -> dict[str, Any] | None:
     return rec if rec and rec.get("status") == "complete" else None
 
 
+REQUIRED = ("run_id", "model", "method", "profile", "quantization", "metrics")
+
+
+def readable(rec: dict[str, Any] | None) -> str | None:
+    """Why a stored record cannot be read by this harness (one line), or None when it can."""
+    if rec is None:
+        return "not valid JSON"
+    if not isinstance(rec.get("schema"), int) or rec["schema"] > SCHEMA_VERSION:
+        return f"schema {rec.get('schema')!r} is not one this harness reads (1..{SCHEMA_VERSION}); update the harness"
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        return f"it has no {missing[0]!r} (not a run record)"
+    return None
+
+
 def load_records(results_dir: Path) -> list[dict[str, Any]]:
+    """The complete, readable records under ``results_dir/records``; each other file is named in one log line."""
     out = []
     for p in sorted(records_dir(results_dir).glob("*.json")):
         rec = load_record(p)
-        if rec and rec.get("status") == "complete":
-            out.append(rec)
+        if rec is not None and rec.get("status") != "complete":
+            continue  # an interrupted run: never shown
+        if (why := readable(rec)) is not None:
+            log.warning("skipping %s: %s", p, why)
+            continue
+        out.append(rec)
     return out
 
 
