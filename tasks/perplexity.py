@@ -21,6 +21,7 @@ from harness.inputs.data import CORPUS_FILES, Corpus, load_corpus
 from harness.inputs.windows import joined_ids, random_doc_windows, sequential_windows
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.task import Task
+from harness.results.stats import ppl_interval
 
 
 @dataclass
@@ -90,7 +91,10 @@ class _Perplexity(Task):
         hook.harness_phase_end(run=run, phase=phase, seconds=seconds)
         return {
             "ppl": math.exp(nll.mean().item()),
+            "ppl_ci": ppl_interval(nll.numpy()).as_record(),
             "nll": nll.mean().item(),
+            "window_nll": nll.tolist(),  # (n,) mean next-token NLL per window: every statistic recomputes from it
+            "window_tokens": windows.shape[1] - 1,  # tokens scored per window (all windows alike)
             "windows": windows.shape[0],
             "tokens": windows.numel(),
             "tokens_per_s": windows.numel() / seconds,

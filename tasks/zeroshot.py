@@ -19,8 +19,11 @@ Tasks: ``piqa``, ``hellaswag``, ``arc_easy``, ``arc_challenge``, ``winogrande`` 
 each) and ``zeroshot`` (all five, or ``tasks=[...]``, plus their mean). Metrics per lm-eval task:
 ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr`` (WinoGrande's config defines ``acc``
 only), ``metric``/``score`` (the choice feeding the mean), ``items``, ``requests``, ``seconds``,
-the data source and hashes, and ``samples_sha256``: a hash of every item's (doc_id, acc,
-acc_norm, per-choice log-likelihoods), so two runs can be compared item for item.
+the data source and hashes, ``samples_sha256``: a hash of every item's (doc_id, acc,
+acc_norm, per-choice log-likelihoods), ``per_item``: those per-item results themselves (so every
+statistic recomputes from the record and two runs pair item for item), and ``acc_ci`` /
+``acc_norm_ci``: 95% bootstrap intervals over items (``harness.results.stats``) beside lm-eval's
+standard errors. The suite adds ``mean_ci`` (each task's items resampled on their own).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from typing import Any
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.task import Task
+from harness.results.stats import mean_interval, suite_mean_interval
 from harness.util import unknown
 from tasks.zeroshot_data import HELLASWAG_VARIANTS, SUITE, builtin_yaml, prepare, sources
 
@@ -121,6 +125,17 @@ def _progress_hook(advance):
     return _Progress()
 
 
+def item_results(samples: list[dict[str, Any]], metrics: tuple[str, ...]) -> dict[str, list]:
+    """Per-item results, in doc_id order: correctness for each metric (0/1) and the per-choice
+    log-likelihoods, so that any statistic (intervals, paired tests) recomputes from the record."""
+    rows = sorted(samples, key=lambda s: s["doc_id"])
+    out: dict[str, list] = {"doc_id": [int(s["doc_id"]) for s in rows]}
+    for key in metrics:
+        out[key] = [int(round(float(s[key]))) for s in rows]
+    out["loglik"] = [[round(float(r[0]), 6) for r in s["filtered_resps"]] for s in rows]
+    return out
+
+
 def samples_sha256(samples: list[dict[str, Any]]) -> str:
     """Hash of the per-item results: (doc_id, acc, acc_norm, per-choice log-likelihoods)."""
     items = sorted(
@@ -192,15 +207,17 @@ class _ZeroShot(Task):
             seconds = time.perf_counter() - t0
             hook.harness_phase_end(run=run, phase=phase, seconds=seconds)
             r, samples = res["results"][task], res["samples"][task]
+            items = item_results(samples, METRICS[task])
             m: dict[str, Any] = {}
             for key in METRICS[task]:
                 m[key] = float(r[f"{key},none"])
                 m[f"{key}_stderr"] = float(r[f"{key}_stderr,none"])
+                m[f"{key}_ci"] = mean_interval(items[key]).as_record()
             metric = self.metric_for(task)
             out[task] = {**m, "metric": metric, "score": m[metric], "items": len(samples), "requests": requests,
                          "limit": self.config.limit, "seconds": seconds, "items_per_s": len(samples) / seconds,
                          "task_version": (task_obj.config.metadata or {}).get("version"),
-                         "samples_sha256": samples_sha256(samples), "data": data}
+                         "samples_sha256": samples_sha256(samples), "data": data, "per_item": items}
             log.info("%s: %s=%.4f over %d items in %.1f s", task, metric, m[metric], len(samples), seconds)
         return self.combine(out)
 
@@ -223,7 +240,9 @@ class ZeroShotSuite(_ZeroShot):
 
     def combine(self, per_task):
         scores = [m["score"] for m in per_task.values()]
-        return {"mean": sum(scores) / len(scores), "metric": "mean", "tasks": per_task}
+        chosen = [m["per_item"][m["metric"]] for m in per_task.values()]
+        return {"mean": sum(scores) / len(scores), "mean_ci": suite_mean_interval(chosen).as_record(),
+                "metric": "mean", "tasks": per_task}
 
 
 class _Single(_ZeroShot):

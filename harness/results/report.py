@@ -14,18 +14,21 @@ import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from harness.results import stats
 from harness.results.records import load_records
 from harness.util import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
 REFERENCE_DIR = REPO_ROOT / "reference"  # the measurements the project publishes
+
 
 @dataclass(frozen=True)
 class Column:
@@ -41,6 +44,11 @@ class Column:
         if self.percent:
             return f"{100 * value:.2f}"
         return f"{value:.2f}" if value < 1e4 else f"{value:.2e}"
+
+    def fmt_half(self, half: float) -> str:
+        """An interval's half-width (or a std) with two significant digits, in the column's unit."""
+        h = 100 * half if self.percent else half
+        return f"{h:.0f}" if h >= 100 else f"{h:.2g}"
 
     def arrow(self) -> str:
         return "↓" if self.lower_is_better else "↑"
@@ -64,8 +72,67 @@ def task_primaries(plugins=None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def cells_of(rec: dict[str, Any], declared: dict[str, dict[str, Any]]) -> list[tuple[Column, float]]:
-    """(column, value) pairs of one record. The record's own ``primary`` (schema 2) says which metric
+@dataclass
+class Cell:
+    """One figure of a table: its value, the half-width of its 95% interval (None: no raw results),
+    the raw per-unit results it came from (for paired tests), and over seeds their summary."""
+
+    value: float
+    half: float | None = None
+    raw: list[float] | None = None
+    paired_metric: str = ""  # "ppl" (per-window NLLs) or "score" (per-item 0/1)
+    units: str = ""  # what the raw results are of (hash of the evaluated windows / item ids): pairs must match
+    seeds: dict[str, Any] | None = None  # mean, std, n, values (a row over several calibration seeds)
+    not_different: bool = False  # not significantly different from the baseline row (paired test)
+
+    def text(self, col: Column, tex: bool = False) -> str:
+        pm = "$\\pm$" if tex else "±"
+        if self.seeds is not None and self.seeds["n"] > 1:
+            out = f"{col.fmt(self.seeds['mean'])} {pm} {col.fmt_half(self.seeds['std'])} (n={self.seeds['n']})"
+        else:
+            half = col.fmt_half(self.half) if self.half is not None else ("--" if tex else "–")
+            out = f"{col.fmt(self.value)} {pm} {half}"
+        return out + ((" $\\approx$" if tex else " ≈") if self.not_different else "")
+
+
+def _interval_half(m: dict[str, Any], metric: str, raw: list[float] | None, is_ppl: bool) -> float | None:
+    ci = m.get(f"{metric}_ci")
+    if isinstance(ci, dict):
+        return (ci["high"] - ci["low"]) / 2
+    if raw:  # raw results without a stored interval: recompute it
+        iv = stats.ppl_interval(raw) if is_ppl else stats.mean_interval(raw)
+        return iv.half_width()
+    return None
+
+
+def _cell(m: dict[str, Any], metric: str) -> Cell:
+    if "window_nll" in m and metric == "ppl":
+        raw, kind, units = m["window_nll"], "ppl", str(m.get("tokens_sha256"))
+    elif metric in (m.get("per_item") or {}):
+        raw, kind, units = m["per_item"][metric], "score", str(m["per_item"]["doc_id"])
+    else:
+        raw, kind, units = None, "", ""
+    return Cell(float(m[metric]), _interval_half(m, metric, raw, kind == "ppl"), raw, kind, units)
+
+
+def _suite_cell(m: dict[str, Any]) -> Cell:
+    """The suite mean; its raw results are the members' chosen per-item scores, concatenated when
+    every member has the same number of items (then their mean is the mean of the task means)."""
+    members = list((m.get("tasks") or {}).values())
+    arrays = [sm.get("per_item", {}).get(sm.get("metric")) for sm in members]
+    raw = units = None
+    if arrays and all(arrays) and len({len(a) for a in arrays}) == 1:
+        raw = [x for a in arrays for x in a]
+        units = str([sm["per_item"]["doc_id"] for sm in members])
+    ci = m.get("mean_ci")
+    half = (ci["high"] - ci["low"]) / 2 if isinstance(ci, dict) else None
+    if half is None and arrays and all(arrays):
+        half = stats.suite_mean_interval(arrays).half_width()
+    return Cell(float(m["mean"]), half, raw, "score" if raw else "", units or "")
+
+
+def cells_of(rec: dict[str, Any], declared: dict[str, dict[str, Any]]) -> list[tuple[Column, Cell]]:
+    """(column, cell) pairs of one record. The record's own ``primary`` (schema 2) says which metric
     each task shows and its direction; older records use the registered task's declaration. A suite
     (``zeroshot``: per-task metrics under ``tasks``) gives one column per member task, with the metric
     the suite chose for it, then ``<suite> mean`` (Table 2)."""
@@ -77,22 +144,51 @@ def cells_of(rec: dict[str, Any], declared: dict[str, dict[str, Any]]) -> list[t
         lower, pct = bool(prim["lower_is_better"]), bool(prim["percent"])
         for sub, sm in (m.get("tasks") or {}).items():
             if isinstance(sm.get(sm.get("metric")), (int, float)):
-                out.append((Column(f"{sub} {sm['metric']}", lower, pct), float(sm[sm["metric"]])))
+                out.append((Column(f"{sub} {sm['metric']}", lower, pct), _cell(sm, sm["metric"])))
         metric = m.get("metric") if isinstance(m.get(m.get("metric")), (int, float)) else prim["metric"]
-        if isinstance(m.get(metric), (int, float)):
-            out.append((Column(f"{task} {metric}", lower, pct), float(m[metric])))
+        if metric == "mean" and "tasks" in m:
+            out.append((Column(f"{task} mean", lower, pct), _suite_cell(m)))
+        elif isinstance(m.get(metric), (int, float)):
+            out.append((Column(f"{task} {metric}", lower, pct), _cell(m, metric)))
     return out
 
 
+SEED_TAG = re.compile(r"\s+seed\d+\b")
+
+
 def row_label(rec: dict[str, Any]) -> str:
-    return rec["method"]["label"]
+    """The method label without a per-draw seed tag: records that differ only in seed share a row."""
+    return SEED_TAG.sub("", rec["method"]["label"])
+
+
+def seed_of(rec: dict[str, Any]) -> str:
+    """The draw a record is: its calibration seed, and a method's own seed when set apart from it
+    (e.g. APTQ's random allocation with ``method.seed=1``)."""
+    seed = int(rec.get("seed", 0))
+    own = (rec["method"].get("options") or {}).get("seed")
+    return str(seed) if own is None or own == seed else f"{seed}/{own}"
+
+
+def _merge_seeds(per_seed: dict[str, dict[Column, Cell]]) -> dict[Column, Cell]:
+    """One row's cells from its records, one per calibration seed: a single seed as it is; several
+    give mean ± std over the seeds that have the column (the per-seed values kept)."""
+    if len(per_seed) == 1:
+        return next(iter(per_seed.values()))
+    out: dict[Column, Cell] = {}
+    columns = {c for cells in per_seed.values() for c in cells}
+    for col in columns:
+        vals = [cells[col].value for _, cells in sorted(per_seed.items()) if col in cells]
+        summary = {**stats.seed_summary(vals), "seeds": [s for s, cells in sorted(per_seed.items()) if col in cells]}
+        out[col] = Cell(summary["mean"], None, seeds=summary)
+    return out
 
 
 def build_tables(records: list[dict[str, Any]], declared: dict[str, dict[str, Any]] | None = None
                  ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Group records by (model, profile) → {"columns": [Column], "rows": [(label, bits, {Column: value})]}.
+    """Group records by (model, profile) → {"columns": [Column], "rows": [(label, bits, {Column: Cell})]}.
 
-    When several records share a row label and bits (a re-run), the newest one wins.
+    A row is (label without seed tag, avg bits). Records of one row that differ in seed are
+    aggregated (``_merge_seeds``); of several records with the same seed (a re-run), the newest wins.
     """
     declared = task_primaries() if declared is None else declared
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -102,30 +198,65 @@ def build_tables(records: list[dict[str, Any]], declared: dict[str, dict[str, An
     for key, recs in groups.items():
         recs.sort(key=lambda r: r.get("finished", ""))
         columns: list[Column] = []
-        rows: dict[tuple[str, float], dict[Column, float]] = {}
+        rows: dict[tuple[str, float], dict[str, dict[Column, Cell]]] = {}
         for rec in recs:
             bits = round(rec["quantization"]["avg_bits"], 3)
-            cells = rows.setdefault((row_label(rec), bits), {})
-            for col, value in cells_of(rec, declared):
+            cells = rows.setdefault((row_label(rec), bits), {}).setdefault(seed_of(rec), {})
+            for col, cell in cells_of(rec, declared):
                 if col not in columns:
                     columns.append(col)
-                cells[col] = value
+                cells[col] = cell
         columns.sort(key=lambda c: (not c.lower_is_better, c.name.endswith(" mean")))  # ppl | accuracies | means
         ordered = sorted(rows.items(), key=lambda kv: (-kv[0][1], kv[0][0]))
-        tables[key] = {"columns": columns, "rows": [(lbl, b, cells) for (lbl, b), cells in ordered]}
+        tables[key] = {"columns": columns,
+                       "rows": [(lbl, b, _merge_seeds(per_seed)) for (lbl, b), per_seed in ordered]}
     return tables
 
 
-def best_per_column(table: dict[str, Any]) -> dict[str, float]:
+def mark_baseline(table: dict[str, Any], baseline: str) -> str | None:
+    """Mark each cell not significantly different from the ``baseline`` row's (paired permutation test
+    on the same windows / items, p ≥ 0.05). Returns the baseline's label, or None if no row matches."""
+    match = [r for r in table["rows"] if r[0] == baseline] or [r for r in table["rows"] if fnmatch(r[0], baseline)]
+    if not match:
+        return None
+    base_label, _, base = match[0]
+    for label, _, cells in table["rows"]:
+        if label == base_label:
+            continue
+        for col, cell in cells.items():
+            ref = base.get(col)
+            if ref is None or not cell.raw or not ref.raw or cell.units != ref.units or len(cell.raw) != len(ref.raw):
+                continue
+            cell.not_different = not stats.paired_test(cell.raw, ref.raw, cell.paired_metric).significant
+    return base_label
+
+
+def best_per_column(table: dict[str, Any]) -> dict[Column, float]:
     best = {}
     for col in table["columns"]:
-        vals = [c[col] for _, _, c in table["rows"] if col in c]
+        vals = [c[col].value for _, _, c in table["rows"] if col in c]
         if vals:
             best[col] = min(vals) if col.lower_is_better else max(vals)
     return best
 
 
-def to_markdown(title: str, table: dict[str, Any]) -> str:
+def seed_notes(table: dict[str, Any]) -> list[str]:
+    """The per-seed values behind each aggregated row (Markdown bullet lines)."""
+    out = []
+    for label, _, cells in table["rows"]:
+        parts = [f"{col.name} {' / '.join(col.fmt(v) for v in cell.seeds['values'])}"
+                 for col, cell in cells.items() if cell.seeds and cell.seeds["n"] > 1]
+        if parts:
+            seeds = next(c.seeds["seeds"] for c in cells.values() if c.seeds)
+            out.append(f"- {label}, seeds {', '.join(map(str, seeds))}: " + "; ".join(parts))
+    return out
+
+
+LEGEND = ("Figures: value ± half-width of the 95% bootstrap interval (over windows for perplexity, over items "
+          "for accuracy; ± – where the record has no raw results); over calibration seeds: mean ± std (n=seeds).")
+
+
+def to_markdown(title: str, table: dict[str, Any], baseline: str | None = None) -> str:
     cols = table["columns"]
     best = best_per_column(table)
     head = "| Method | Avg bits | " + " | ".join(f"{c.name} {c.arrow()}" for c in cols) + " |"
@@ -133,10 +264,15 @@ def to_markdown(title: str, table: dict[str, Any]) -> str:
     for label, bits, cells in table["rows"]:
         vals = []
         for c in cols:
-            s = c.fmt(cells.get(c))
-            vals.append(f"**{s}**" if c in cells and cells[c] == best.get(c) else s)
+            cell = cells.get(c)
+            s = cell.text(c) if cell else "–"
+            vals.append(f"**{s}**" if cell and cell.value == best.get(c) else s)
         lines.append(f"| {label} | {bits:g} | " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n"
+    lines += ["", LEGEND]
+    if baseline:
+        lines.append(f"≈: not significantly different from {baseline} (paired permutation test, p ≥ 0.05).")
+    notes = seed_notes(table)
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def latex_escape(s: str) -> str:
@@ -156,8 +292,9 @@ def to_latex(title: str, table: dict[str, Any]) -> str:
     for label, bits, cells in table["rows"]:
         vals = []
         for c in cols:
-            s = c.fmt(cells.get(c)).replace("–", "--")
-            vals.append(f"\\textbf{{{s}}}" if c in cells and cells[c] == best.get(c) else s)
+            cell = cells.get(c)
+            s = cell.text(c, tex=True) if cell else "--"
+            vals.append(f"\\textbf{{{s}}}" if cell and cell.value == best.get(c) else s)
         out.append(f"{latex_escape(label)} & {bits:g} & " + " & ".join(vals) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(out) + "\n"
@@ -171,7 +308,7 @@ def leaderboard(tables: dict[tuple[str, str], dict[str, Any]]) -> str:
         ppl_cols = [c for c in table["columns"] if c.lower_is_better]
         ranked = []
         for label, bits, cells in table["rows"]:
-            vals = [cells[c] for c in ppl_cols if c in cells]
+            vals = [cells[c].value for c in ppl_cols if c in cells]
             if vals and len(vals) == len(ppl_cols):
                 ranked.append((sum(vals) / len(vals), label, bits))
         if ranked:
@@ -181,7 +318,7 @@ def leaderboard(tables: dict[tuple[str, str], dict[str, Any]]) -> str:
                 lines.append(f"| {i} | {label} | {bits:g} | {m:.2f} |")
             lines.append("")
         for col in (c for c in table["columns"] if c.name.endswith(" mean")):
-            acc = sorted(((cells[col], label, bits) for label, bits, cells in table["rows"] if col in cells),
+            acc = sorted(((cells[col].value, label, bits) for label, bits, cells in table["rows"] if col in cells),
                          reverse=True)
             lines += [f"## {model} · profile {profile} · {col.name.removesuffix(' mean')}", "",
                       "| Rank | Method | Avg bits | Mean accuracy ↑ |", "|---|---|---|---|"]
@@ -190,8 +327,11 @@ def leaderboard(tables: dict[tuple[str, str], dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render(results_dir: Path, console: Console | None = None) -> dict[str, Path]:
-    """Write the tables for every record under ``results_dir``; return the files written."""
+def render(results_dir: Path, console: Console | None = None, baseline: str | None = None) -> dict[str, Path]:
+    """Write the tables for every record under ``results_dir``; return the files written.
+
+    ``baseline`` (a row label or glob): cells not significantly different from that row's are marked ≈.
+    """
     console = console or Console()
     tables = build_tables(load_records(results_dir))
     out_dir = results_dir / "tables"
@@ -200,7 +340,10 @@ def render(results_dir: Path, console: Console | None = None) -> dict[str, Path]
     for (model, profile), table in sorted(tables.items()):
         title = f"{model} · profile {profile}"
         stem = re.sub(r"[^A-Za-z0-9._]+", "-", f"{model}__{profile}")
-        for ext, text in (("md", to_markdown(title, table)), ("tex", to_latex(title, table))):
+        base = mark_baseline(table, baseline) if baseline else None
+        if baseline and base is None:
+            log.warning("no row of %s matches --baseline %r; nothing marked", title, baseline)
+        for ext, text in (("md", to_markdown(title, table, base)), ("tex", to_latex(title, table))):
             path = out_dir / f"{stem}.{ext}"
             path.write_text(text, encoding="utf-8")
             written[f"{stem}.{ext}"] = path
@@ -210,7 +353,7 @@ def render(results_dir: Path, console: Console | None = None) -> dict[str, Path]
         for c in table["columns"]:
             rt.add_column(c.name, justify="right")
         for label, bits, cells in table["rows"]:
-            rt.add_row(label, f"{bits:g}", *(c.fmt(cells.get(c)) for c in table["columns"]))
+            rt.add_row(label, f"{bits:g}", *(cells[c].text(c) if c in cells else "–" for c in table["columns"]))
         console.print(rt)
     lb = out_dir / "leaderboard.md"
     lb.write_text(leaderboard(tables), encoding="utf-8")
@@ -226,11 +369,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("results_dir", nargs="?", default=None, help="folder holding records/ (default: results)")
     ap.add_argument("--reference", action="store_true",
                     help=f"render the project's published records ({REFERENCE_DIR}) into its tables")
+    ap.add_argument("--baseline", default=None,
+                    help="row label (or glob) to compare every row with: cells not significantly different "
+                         "from it (paired permutation test on the same windows/items, p >= 0.05) are marked ≈")
     args = ap.parse_args(argv)
     if args.reference and args.results_dir:
         ap.error("give a results_dir or --reference, not both")
     folder = REFERENCE_DIR if args.reference else Path(args.results_dir or "results")
-    for path in render(folder).values():
+    for path in render(folder, baseline=args.baseline).values():
         log.info("wrote %s", path)
 
 

@@ -62,10 +62,12 @@ def harness_run_end(run, record):
         for name, m in {**metrics.get("tasks", {}), task: metrics}.items():  # a suite: its tasks, then itself
             for k in ("ppl", "acc", "acc_norm", "mean"):
                 if k in m:
-                    err = f" ± {m[k + '_stderr']:.4f}" if f"{k}_stderr" in m else ""
+                    ci = m.get(f"{k}_ci")
+                    err = f" ± {(ci['high'] - ci['low']) / 2:.2g}" if isinstance(ci, dict) else ""
                     table.add_row(name, k + (" *" if m.get("metric") == k and k != "mean" else ""),
                                   f"{m[k]:.4f}{err}")
     st["console"].print(table)
+    st["console"].print("± half-width of the 95% bootstrap interval (windows / items)")
     if any("tasks" in m for m in record["metrics"].values()):
         st["console"].print("* the metric that feeds the suite mean")
     if "record_path" in record:
