@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.plugins.manager import make_plugins
-from harness.quantize.driver import quantize_model
+from harness.quantize.driver import MethodRun, quantize_model
 from harness.quantize.sequential import quantize_sequential
 
 CASES = {  # name → harness overrides
@@ -51,7 +51,7 @@ def one(case: str, overrides: list[str]) -> dict:
     silent = _Silent()
     t0 = time.perf_counter()
     if method.needs_calibration:
-        quantize_sequential(model, method, windows, device, silent, None, cache_dir=None)
+        quantize_sequential(model, MethodRun(method, silent, None), windows, device, cache_dir=None)
     else:
         quantize_model(model, method, silent, None)
     if device.startswith("cuda"):

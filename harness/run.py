@@ -32,7 +32,7 @@ from harness.plugins.hookspecs import RunContext
 from harness.plugins.manager import Plugins, make_plugins
 from harness.plugins.method import Method
 from harness.plugins.task import Task, TaskEnv
-from harness.quantize.driver import quantize_model
+from harness.quantize.driver import MethodRun, quantize_model
 from harness.quantize.primitives import check_bits
 from harness.quantize.sequential import quantize_sequential
 from harness.results.records import (
@@ -282,7 +282,7 @@ def quantize(p: Plan, m: Loaded, run: RunContext) -> tuple[dict[str, Any], dict[
     else:
         windows, calib_info = calibration_windows(p.calib, m.tokenizer, p.env.data_dir, p.env.cache_dir)
         model_key = {"model": p.identity["model"], "seed": p.cfg["seed"]}  # the seed matters for random-init models
-        quant = quantize_sequential(m.model, p.method, windows, p.env.device, hook, run,
+        quant = quantize_sequential(m.model, MethodRun(p.method, hook, run), windows, p.env.device,
                                     cache_dir=p.env.cache_dir, model_key=model_key)
     if p.offload:
         m.model.to(p.env.device)  # quantized layer by layer on the device; evaluated there as a whole

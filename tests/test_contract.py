@@ -122,7 +122,7 @@ def test_every_method_meets_the_contract(name, extra, tiny_cfg, tmp_path):
     (row,) = table["rows"]
     assert row[0] == record["method"]["label"] and row[1] == round(bits, 3)
     (col,) = table["columns"]
-    assert col.name == "wikitext2 ppl" and col.lower_is_better and row[2][col] == metrics["wikitext2"]["ppl"]
+    assert col.name == "wikitext2 ppl" and col.lower_is_better and row[2][col].value == metrics["wikitext2"]["ppl"]
 
 
 def test_each_capability_refusal_is_one_line_before_loading(tiny_cfg, monkeypatch):

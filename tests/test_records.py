@@ -123,4 +123,4 @@ def test_the_published_reference_records_render(tmp_path):
     names = [c.name for c in table["columns"]]
     assert names[:2] == ["wikitext2 ppl", "c4 ppl"] and "zeroshot mean" in names
     fp16 = next(cells for label, bits, cells in table["rows"] if label == "FP16")
-    assert round(fp16[table["columns"][0]], 2) == 29.19
+    assert round(fp16[table["columns"][0]].value, 2) == 29.19

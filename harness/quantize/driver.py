@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -24,22 +25,30 @@ def plan_specs(method: Method, layers: dict[str, nn.Linear]) -> dict[str, QuantS
     return specs
 
 
-def quantize_one(method: Method, name: str, layer: nn.Linear, spec: QuantSpec,
-                 per_layer: dict[str, dict[str, Any]], hook: Any, run: Any,
-                 grids: dict[str, Any] | None = None) -> None:
+@dataclass(frozen=True)
+class MethodRun:
+    """A method with the run's observers: what every pass over the model's layers needs."""
+
+    method: Method
+    hook: Any  # the plugin manager's hook relay
+    run: Any  # the RunContext observers receive (None in benchmarks)
+
+
+def quantize_one(mr: MethodRun, name: str, layer: nn.Linear, spec: QuantSpec,
+                 per_layer: dict[str, dict[str, Any]], grids: dict[str, Any] | None = None) -> None:
     """Quantize one layer, keep its info for the record and tell the observers.
 
     The integer grid a method returns under ``info["grid"]`` (``harness.quantize.primitives.Grid``) is taken out
     of the info (it is tensors, not record data) and kept in ``grids`` for packing.
     """
-    info = dict(method.quantize_layer(name, layer, spec))
+    info = dict(mr.method.quantize_layer(name, layer, spec))
     grid = info.pop(GRID_KEY, None)
     if grids is not None and grid is not None:
         grids[name] = grid
     info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **info}
     per_layer[name] = info
-    hook.harness_layer_quantized(run=run, name=name, info=info)
-    hook.harness_phase_advance(run=run, phase="quantize", advance=1)
+    mr.hook.harness_layer_quantized(run=mr.run, name=name, info=info)
+    mr.hook.harness_phase_advance(run=mr.run, phase="quantize", advance=1)
 
 
 def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dict[str, Any]:
@@ -56,7 +65,7 @@ def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dic
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
     t0 = time.perf_counter()
     for name, spec in specs.items():
-        quantize_one(method, name, layers[name], spec, per_layer, hook, run, grids)
+        quantize_one(MethodRun(method, hook, run), name, layers[name], spec, per_layer, grids)
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
     return {**summarize(layers, specs, per_layer), "grids": grids}
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.plugins.method import Method
+from harness.quantize.driver import MethodRun
 from harness.quantize.layers import decoder_layers, on_device, run_block
 from harness.util import canonical_hash, write_atomic
 
@@ -31,9 +31,10 @@ def windows_hash(windows: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def sensitivity_pass(model: nn.Module, method: Method, inps: torch.Tensor, kwargs: dict[str, Any],
-                     hook: Any, run: Any) -> dict[str, float]:
+def sensitivity_pass(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: dict[str, Any]
+                     ) -> dict[str, float]:
     """Score every linear layer of the decoder with ``method.layer_sensitivity`` (model order)."""
+    method, hook, run = mr.method, mr.hook, mr.run
     path, layers = decoder_layers(model)
     scores: dict[str, float] = {}
     hook.harness_phase_start(run=run, phase="sensitivity", total=len(layers))
@@ -55,14 +56,14 @@ def sensitivity_cache_path(cache_dir: Path, key: dict[str, Any]) -> Path:
     return Path(cache_dir) / "sensitivity" / f"{canonical_hash(key)[:20]}.json"
 
 
-def cached_sensitivities(model: nn.Module, method: Method, inps: torch.Tensor, kwargs: dict[str, Any],
-                         key: dict[str, Any], cache_dir: Path | None, hook: Any, run: Any) -> dict[str, Any]:
+def cached_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: dict[str, Any],
+                         key: dict[str, Any], cache_dir: Path | None) -> dict[str, Any]:
     """Sensitivities from the cache, or computed by ``sensitivity_pass`` and cached (atomically).
 
     ``key`` must identify the model and the calibration windows; the method's
     ``sensitivity_key()`` is added here. Returns ``{"scores", "cached", "seconds", "key"}``.
     """
-    key = {**key, "method": method.name, "options": method.sensitivity_key()}
+    key = {**key, "method": mr.method.name, "options": mr.method.sensitivity_key()}
     path = sensitivity_cache_path(cache_dir, key) if cache_dir is not None else None
     if path is not None and path.exists():
         try:
@@ -74,7 +75,7 @@ def cached_sensitivities(model: nn.Module, method: Method, inps: torch.Tensor, k
                 log.info("sensitivities from cache %s", path)
                 return {"scores": stored["scores"], "cached": True, "seconds": stored.get("seconds"), "key": key}
     t0 = time.perf_counter()
-    scores = sensitivity_pass(model, method, inps, kwargs, hook, run)
+    scores = sensitivity_pass(model, mr, inps, kwargs)
     seconds = time.perf_counter() - t0
     if path is not None:
         write_atomic(path, {"key": key, "scores": scores, "seconds": seconds})

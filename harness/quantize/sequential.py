@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.plugins.method import Method
-from harness.quantize.driver import plan_specs, quantize_one, summarize
+from harness.quantize.driver import MethodRun, plan_specs, quantize_one, summarize
 from harness.quantize.layers import StopForward, decoder_layers, linear_layers, on_device, run_block
 from harness.quantize.sensitivity import cached_sensitivities, windows_hash
 
@@ -90,8 +89,8 @@ def stages(names: list[str], true_sequential: bool) -> list[list[str]]:
 
 @torch.no_grad()
 def quantize_sequential(
-    model: nn.Module, method: Method, windows: torch.Tensor, device: str, hook: Any, run: Any,
-    cache_dir: Path | None = None, model_key: Any = None,
+    model: nn.Module, mr: MethodRun, windows: torch.Tensor, device: str, cache_dir: Path | None = None,
+    model_key: Any = None,
 ) -> dict[str, Any]:
     """Quantize ``model`` in place, layer by layer, with calibration ``windows`` (n, seqlen).
 
@@ -99,6 +98,7 @@ def quantize_sequential(
     (``harness.quantize.sensitivity``; cached under ``cache_dir`` by ``model_key``, the windows and the
     method's options), then plans its bits from them.
     """
+    method, hook, run = mr.method, mr.hook, mr.run
     path, layers = decoder_layers(model)
     all_linear = linear_layers(model)
     true_seq = bool(getattr(method.config, "true_sequential", False))
@@ -111,7 +111,7 @@ def quantize_sequential(
     sensitivity = None
     if method.needs_sensitivity:
         key = {"model": model_key, "windows_sha256": windows_hash(windows)}
-        sensitivity = cached_sensitivities(model, method, inps, kwargs, key, cache_dir, hook, run)
+        sensitivity = cached_sensitivities(model, mr, inps, kwargs, key, cache_dir)
         method.sensitivities = sensitivity["scores"]
     specs = plan_specs(method, all_linear)
 
@@ -128,7 +128,7 @@ def quantize_sequential(
                     continue
                 method.collect(layer, full, inps, kwargs)
                 for name, mod in full.items():
-                    quantize_one(method, name, mod, specs[name], per_layer, hook, run, grids)
+                    quantize_one(mr, name, mod, specs[name], per_layer, grids)
             inps = run_block(layer, inps, kwargs)  # the quantized layer's outputs feed the next one
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
     summary = {**summarize(all_linear, specs, per_layer), "grids": grids}
