@@ -33,8 +33,11 @@ def _main(cfg: DictConfig) -> float | None:
         overrides = list(HydraConfig.get().overrides.task)
     except ValueError:
         overrides = []
+    config = to_dict(cfg)
+    if HydraConfig.get().mode.name == "MULTIRUN" and not config["wandb"].get("group"):
+        config["wandb"]["group"] = Path(HydraConfig.get().sweep.dir).as_posix()  # one W&B group per sweep
     try:
-        record = execute(to_dict(cfg), overrides=overrides)
+        record = execute(config, overrides=overrides)
     except ConfigError as err:
         log.error("%s", err)
         if HydraConfig.get().mode.name == "MULTIRUN":
@@ -44,7 +47,7 @@ def _main(cfg: DictConfig) -> float | None:
     return first.get("ppl")  # for Hydra sweepers that optimize a value
 
 
-GROUPS = ("model", "method", "task", "profile")
+GROUPS = ("model", "method", "task", "profile", "row", "experiment")
 
 
 def check_group_choices(args: list[str]) -> None:

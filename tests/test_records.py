@@ -25,9 +25,14 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
 
 
 def test_wandb_offline_logs_and_a_wandb_failure_never_loses_the_record(tiny_cfg, tmp_path, monkeypatch):
-    cfg = tiny_cfg("method=rtn", "task=[wikitext2]", "wandb.mode=offline")
+    cfg = tiny_cfg("method=rtn", "task=[wikitext2]", "wandb.mode=offline", "wandb.group=sweep-1")
     rec = execute(cfg)
-    assert list((tmp_path / "results" / "wandb").glob("offline-run-*")), "no offline W&B run written"
+    (run_dir,) = (tmp_path / "results" / "wandb").glob("offline-run-*")
+    (log_file,) = run_dir.glob("*.wandb")  # what `wandb sync` uploads: metrics, intervals, group, the record
+    data = log_file.read_bytes()
+    for needle in ("wikitext2/ppl", "wikitext2/ppl_ci/low", "wikitext2/ppl_ci/high", "sweep-1", "run-record",
+                   f"record-{rec['run_id']}", "record.json"):
+        assert needle.encode() in data, needle
 
     import wandb
 

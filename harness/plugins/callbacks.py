@@ -1,4 +1,5 @@
-"""Hydra callback: render the paper-style tables after a multirun sweep."""
+"""Hydra callback: render the paper-style tables, plots and the HTML page once, after a multirun sweep
+(in the launching process, after every job has finished)."""
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ class RenderTables(Callback):
         from harness.results.report import render
 
         try:
-            written = render(Path(config.results_dir))
+            written = render(Path(config.results_dir), layout=config.get("report_layout"))
             log.info("tables: %s", ", ".join(str(p) for p in written.values()))
         except Exception as err:  # noqa: BLE001 - the runs and their records are already safe
             log.warning("rendering tables failed (%s: %s); run python -m harness.report", type(err).__name__, err)

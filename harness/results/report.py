@@ -183,34 +183,95 @@ def _merge_seeds(per_seed: dict[str, dict[Column, Cell]]) -> dict[Column, Cell]:
     return out
 
 
-def build_tables(records: list[dict[str, Any]], declared: dict[str, dict[str, Any]] | None = None
-                 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Group records by (model, profile) → {"columns": [Column], "rows": [(label, bits, {Column: Cell})]}.
+@dataclass
+class Selection:
+    """Which records and columns a table shows, and in which row order (``--models``, ``--methods``,
+    ``--tasks``, ``--order``): model names and method labels by glob, tasks by name."""
 
-    A row is (label without seed tag, avg bits). Records of one row that differ in seed are
+    models: list[str] | None = None
+    methods: list[str] | None = None
+    tasks: list[str] | None = None
+    order: str = "bits"  # bits (bit-width groups, then label) | label | <column name> (best first)
+
+    def keeps(self, rec: dict[str, Any]) -> bool:
+        ok_model = not self.models or any(fnmatch(rec["model"]["name"], g) for g in self.models)
+        label = rec["method"]["label"]
+        ok_method = not self.methods or any(fnmatch(label, g) or fnmatch(row_label(rec), g) for g in self.methods)
+        return ok_model and ok_method
+
+    def keeps_column(self, col: Column) -> bool:
+        return not self.tasks or col.name.split(" ", 1)[0] in self.tasks or col.name.split(" ", 1)[0].split("/")[0] \
+            in self.tasks
+
+
+def bit_group(bits: float) -> int:
+    """The bit-width group a row belongs to (rows are compared within a group): 16, 4, 3, 2 ..."""
+    return 16 if bits >= 16 else int(bits + 1e-9)
+
+
+def build_tables(records: list[dict[str, Any]], declared: dict[str, dict[str, Any]] | None = None,
+                 selection: Selection | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Group records by (model, profile) → {"columns": [Column], "rows": [(label, bits, {Column: Cell})],
+    "meta": {(label, bits): {"family", "effective_bits", "group", "records"}}}.
+
+    A row is (label without seed tag, nominal avg bits). Records of one row that differ in seed are
     aggregated (``_merge_seeds``); of several records with the same seed (a re-run), the newest wins.
+    Rows are ordered by bit-width group (highest first), then as ``selection.order`` says.
     """
     declared = task_primaries() if declared is None else declared
+    selection = selection or Selection()
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for rec in records:
-        groups[(rec["model"]["name"], rec["profile"])].append(rec)
+        if selection.keeps(rec):
+            groups[(rec["model"]["name"], rec["profile"])].append(rec)
     tables = {}
     for key, recs in groups.items():
         recs.sort(key=lambda r: r.get("finished", ""))
         columns: list[Column] = []
         rows: dict[tuple[str, float], dict[str, dict[Column, Cell]]] = {}
+        meta: dict[tuple[str, float], dict[str, Any]] = {}
         for rec in recs:
-            bits = round(rec["quantization"]["avg_bits"], 3)
-            cells = rows.setdefault((row_label(rec), bits), {}).setdefault(seed_of(rec), {})
+            q = rec["quantization"]
+            bits = round(q["avg_bits"], 3)
+            row = (row_label(rec), bits)
+            cells = rows.setdefault(row, {}).setdefault(seed_of(rec), {})
+            info = meta.setdefault(row, {"family": rec["method"]["name"], "group": bit_group(bits), "records": []})
+            info["effective_bits"] = round(float(q.get("avg_bits_with_overhead", bits)), 3)
+            info["records"].append(rec)
             for col, cell in cells_of(rec, declared):
+                if not selection.keeps_column(col):
+                    continue
                 if col not in columns:
                     columns.append(col)
                 cells[col] = cell
         columns.sort(key=lambda c: (not c.lower_is_better, c.name.endswith(" mean")))  # ppl | accuracies | means
-        ordered = sorted(rows.items(), key=lambda kv: (-kv[0][1], kv[0][0]))
-        tables[key] = {"columns": columns,
-                       "rows": [(lbl, b, _merge_seeds(per_seed)) for (lbl, b), per_seed in ordered]}
+        merged = {row: _merge_seeds(per_seed) for row, per_seed in rows.items()}
+        tables[key] = {"columns": columns, "meta": meta,
+                       "rows": [(lbl, b, merged[(lbl, b)]) for lbl, b in order_rows(merged, columns, selection.order)]}
     return tables
+
+
+def order_rows(rows: dict[tuple[str, float], dict[Column, Cell]], columns: list[Column], order: str
+               ) -> list[tuple[str, float]]:
+    """Bit-width groups from the highest; inside a group by bits then label, by label, or by a column."""
+    by_col = next((c for c in columns if c.name == order), None)
+    if order not in ("bits", "label") and by_col is None:
+        names = ", ".join(c.name for c in columns)
+        raise ValueError(f"--order {order!r}: use bits, label or one of the columns ({names})")
+
+    def key(row: tuple[str, float]):
+        label, bits = row
+        if order == "label":
+            inner: tuple = (label,)
+        elif by_col is not None:
+            cell = rows[row].get(by_col)
+            v = cell.value if cell else float("inf") if by_col.lower_is_better else float("-inf")
+            inner = (v if by_col.lower_is_better else -v, label)
+        else:
+            inner = (-bits, label)
+        return (-bit_group(bits), *inner)
+
+    return sorted(rows, key=key)
 
 
 def mark_baseline(table: dict[str, Any], baseline: str) -> str | None:
@@ -231,13 +292,31 @@ def mark_baseline(table: dict[str, Any], baseline: str) -> str | None:
     return base_label
 
 
-def best_per_column(table: dict[str, Any]) -> dict[Column, float]:
-    best = {}
-    for col in table["columns"]:
-        vals = [c[col].value for _, _, c in table["rows"] if col in c]
-        if vals:
-            best[col] = min(vals) if col.lower_is_better else max(vals)
+def best_per_group(table: dict[str, Any]) -> dict[tuple[int, Column], float]:
+    """The best value of each column within each bit-width group of two rows or more (shown bold)."""
+    best: dict[tuple[int, Column], float] = {}
+    for group in {bit_group(b) for _, b, _ in table["rows"]}:
+        rows = [c for _, b, c in table["rows"] if bit_group(b) == group]
+        if len(rows) < 2:
+            continue
+        for col in table["columns"]:
+            vals = [c[col].value for c in rows if col in c]
+            if vals:
+                best[(group, col)] = min(vals) if col.lower_is_better else max(vals)
     return best
+
+
+def fp16_cells(table: dict[str, Any]) -> dict[Column, Cell] | None:
+    """The full-precision row's cells (the Δ reference), if the table has one."""
+    return next((cells for label, b, cells in table["rows"] if table["meta"][(label, b)]["family"] == "fp16"), None)
+
+
+def delta_text(col: Column, cell: Cell, ref: Cell | None) -> str:
+    """Δ vs FP16 in the column's unit (perplexity, or accuracy points)."""
+    if ref is None or cell is ref:
+        return ""
+    d = cell.value - ref.value
+    return f"{100 * d:+.2f}" if col.percent else (f"{d:+.2f}" if abs(d) < 1e4 else f"{d:+.2e}")
 
 
 def seed_notes(table: dict[str, Any]) -> list[str]:
@@ -253,21 +332,43 @@ def seed_notes(table: dict[str, Any]) -> list[str]:
 
 
 LEGEND = ("Figures: value ± half-width of the 95% bootstrap interval (over windows for perplexity, over items "
-          "for accuracy; ± – where the record has no raw results); over calibration seeds: mean ± std (n=seeds).")
+          "for accuracy; ± – where the record has no raw results); over calibration seeds: mean ± std (n=seeds). "
+          "(Δ): difference to FP16. Bold: best within its bit-width group. Bits: nominal / effective (scales, "
+          "zeros, fp16 columns and masks counted).")
+
+
+def table_lines(table: dict[str, Any], tex: bool) -> list[tuple[int, list[str]]]:
+    """(bit group, [method, bits, effective bits, cells ...]) for every row, formatted for Markdown or LaTeX."""
+    best, ref = best_per_group(table), fp16_cells(table)
+    out = []
+    for label, bits, cells in table["rows"]:
+        info = table["meta"][(label, bits)]
+        vals = [latex_escape(label) if tex else label, f"{bits:g}", f"{info['effective_bits']:g}"]
+        for c in table["columns"]:
+            cell = cells.get(c)
+            if cell is None:
+                vals.append("--" if tex else "–")
+                continue
+            s = cell.text(c, tex=tex)
+            if best.get((info["group"], c)) == cell.value:
+                s = f"\\textbf{{{s}}}" if tex else f"**{s}**"
+            if d := delta_text(c, cell, ref.get(c) if ref else None):
+                s += f" {{\\scriptsize ({d})}}" if tex else f" ({d})"
+            vals.append(s)
+        out.append((info["group"], vals))
+    return out
 
 
 def to_markdown(title: str, table: dict[str, Any], baseline: str | None = None) -> str:
     cols = table["columns"]
-    best = best_per_column(table)
-    head = "| Method | Avg bits | " + " | ".join(f"{c.name} {c.arrow()}" for c in cols) + " |"
-    lines = [f"### {title}", "", head, "|" + "---|" * (len(cols) + 2)]
-    for label, bits, cells in table["rows"]:
-        vals = []
-        for c in cols:
-            cell = cells.get(c)
-            s = cell.text(c) if cell else "–"
-            vals.append(f"**{s}**" if cell and cell.value == best.get(c) else s)
-        lines.append(f"| {label} | {bits:g} | " + " | ".join(vals) + " |")
+    head = "| Method | Bits | Eff. bits | " + " | ".join(f"{c.name} {c.arrow()}" for c in cols) + " |"
+    lines = [f"### {title}", "", head, "|" + "---|" * (len(cols) + 3)]
+    previous = None
+    for group, vals in table_lines(table, tex=False):
+        if previous is not None and group != previous:
+            lines.append("| " + " | ".join([f"*{group}-bit*"] + [""] * (len(cols) + 2)) + " |")
+        previous = group
+        lines.append("| " + " | ".join(vals) + " |")
     lines += ["", LEGEND]
     if baseline:
         lines.append(f"≈: not significantly different from {baseline} (paired permutation test, p ≥ 0.05).")
@@ -280,84 +381,142 @@ def latex_escape(s: str) -> str:
 
 
 def to_latex(title: str, table: dict[str, Any]) -> str:
+    """A booktabs table to ``\\input`` in a paper: rows grouped by bit width (a midrule between groups)."""
     cols = table["columns"]
-    best = best_per_column(table)
     out = [
-        "\\begin{table}[t]", "\\centering", f"\\caption{{{latex_escape(title)}}}",
-        "\\begin{tabular}{l" + "r" * (len(cols) + 1) + "}", "\\toprule",
-        "Method & Avg bits & " + " & ".join(
+        "% needs \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering", "\\small",
+        f"\\caption{{{latex_escape(title)}. {latex_escape(LEGEND)}}}",
+        "\\begin{tabular}{l" + "r" * (len(cols) + 2) + "}", "\\toprule",
+        "Method & Bits & Eff. & " + " & ".join(
             latex_escape(c.name) + (" $\\downarrow$" if c.lower_is_better else " $\\uparrow$") for c in cols
         ) + " \\\\", "\\midrule",
     ]
-    for label, bits, cells in table["rows"]:
-        vals = []
-        for c in cols:
-            cell = cells.get(c)
-            s = cell.text(c, tex=True) if cell else "--"
-            vals.append(f"\\textbf{{{s}}}" if cell and cell.value == best.get(c) else s)
-        out.append(f"{latex_escape(label)} & {bits:g} & " + " & ".join(vals) + " \\\\")
+    previous = None
+    for group, vals in table_lines(table, tex=True):
+        if previous is not None and group != previous:
+            out.append("\\midrule")
+        previous = group
+        out.append(" & ".join(vals) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(out) + "\n"
 
 
+def pareto_ranks(points: list[tuple[float, float]], lower_is_better: bool) -> list[int]:
+    """Pareto rank of each (effective bits, value) point: 1 = on the frontier (no other point has
+    fewer-or-equal bits and a better-or-equal value, one of them strictly), 2 = on the frontier once
+    rank 1 is removed, and so on."""
+    sign = 1 if lower_is_better else -1
+    pts = [(b, sign * v) for b, v in points]
+    ranks = [0] * len(pts)
+    left, rank = set(range(len(pts))), 0
+    while left:
+        rank += 1
+        front = {i for i in left if not any(pts[j][0] <= pts[i][0] and pts[j][1] <= pts[i][1] and pts[j] != pts[i]
+                                            for j in left)}
+        for i in front:
+            ranks[i] = rank
+        left -= front
+    return ranks
+
+
 def leaderboard(tables: dict[tuple[str, str], dict[str, Any]]) -> str:
-    """Per (model, profile): rows ranked by mean perplexity over the ppl columns, and by each
-    zero-shot suite's mean accuracy."""
-    lines = ["# Leaderboard", ""]
+    """Per (model, profile) and per figure of merit (mean perplexity over the ppl columns; each suite's
+    mean accuracy): rows by Pareto rank in (effective bits, figure), never one ranking across bit widths."""
+    lines = ["# Leaderboard", "", "Rank = Pareto rank in (effective bits, figure): rank 1 is the frontier, no "
+             "method there is beaten by one with fewer bits. Within a rank, by bits.", ""]
     for (model, profile), table in sorted(tables.items()):
         ppl_cols = [c for c in table["columns"] if c.lower_is_better]
-        ranked = []
-        for label, bits, cells in table["rows"]:
-            vals = [cells[c].value for c in ppl_cols if c in cells]
-            if vals and len(vals) == len(ppl_cols):
-                ranked.append((sum(vals) / len(vals), label, bits))
-        if ranked:
-            lines += [f"## {model} · profile {profile}", "",
-                      "| Rank | Method | Avg bits | Mean ppl ↓ |", "|---|---|---|---|"]
-            for i, (m, label, bits) in enumerate(sorted(ranked), 1):
-                lines.append(f"| {i} | {label} | {bits:g} | {m:.2f} |")
-            lines.append("")
+        figures: list[tuple[str, bool, dict[tuple[str, float], float]]] = []
+        if ppl_cols:
+            means = {(lbl, b): sum(cells[c].value for c in ppl_cols) / len(ppl_cols)
+                     for lbl, b, cells in table["rows"] if all(c in cells for c in ppl_cols)}
+            figures.append(("Mean ppl ↓", True, means))
         for col in (c for c in table["columns"] if c.name.endswith(" mean")):
-            acc = sorted(((cells[col].value, label, bits) for label, bits, cells in table["rows"] if col in cells),
-                         reverse=True)
-            lines += [f"## {model} · profile {profile} · {col.name.removesuffix(' mean')}", "",
-                      "| Rank | Method | Avg bits | Mean accuracy ↑ |", "|---|---|---|---|"]
-            lines += [f"| {i} | {label} | {bits:g} | {100 * m:.2f} |" for i, (m, label, bits) in enumerate(acc, 1)]
+            figures.append((f"{col.name.removesuffix(' mean')} mean accuracy ↑", False,
+                            {(lbl, b): cells[col].value for lbl, b, cells in table["rows"] if col in cells}))
+        for name, lower, values in figures:
+            if not values:
+                continue
+            rows = list(values)
+            ranks = pareto_ranks([(table["meta"][r]["effective_bits"], values[r]) for r in rows], lower)
+            lines += [f"## {model} · profile {profile} · {name}", "",
+                      "| Pareto rank | Method | Bits | Eff. bits | Value |", "|---|---|---|---|---|"]
+            eff = {r: table["meta"][r]["effective_bits"] for r in rows}
+            for rank, row in sorted(zip(ranks, rows, strict=True), key=lambda t: (t[0], eff[t[1]])):
+                v = values[row]
+                text = f"{v:.2f}" if lower else f"{100 * v:.2f}"
+                lines.append(f"| {rank} | {row[0]} | {row[1]:g} | {eff[row]:g} | {text} |")
             lines.append("")
     return "\n".join(lines)
 
 
-def render(results_dir: Path, console: Console | None = None, baseline: str | None = None) -> dict[str, Path]:
-    """Write the tables for every record under ``results_dir``; return the files written.
+def console_table(title: str, table: dict[str, Any], width: int) -> Table:
+    """The table for a terminal or a log: wide when it fits, else one line per (row, column) so that an
+    80-column log stays readable."""
+    cols = table["columns"]
+    wide = 28 + 8 + 16 * len(cols) <= width
+    rt = Table(title=title, expand=False)
+    if wide:
+        rt.add_column("Method", overflow="fold")
+        rt.add_column("Bits", justify="right")
+        for c in cols:
+            rt.add_column(c.name, justify="right", overflow="fold")
+        for label, bits, cells in table["rows"]:
+            rt.add_row(label, f"{bits:g}", *(cells[c].text(c) if c in cells else "–" for c in cols))
+        return rt
+    rt.add_column("Method", overflow="fold", max_width=max(12, width - 46))
+    rt.add_column("Bits", justify="right")
+    rt.add_column("Metric", overflow="fold", max_width=16)
+    rt.add_column("Value", justify="right", overflow="fold")
+    for label, bits, cells in table["rows"]:
+        for i, c in enumerate(cc for cc in cols if cc in cells):
+            rt.add_row(label if i == 0 else "", f"{bits:g}" if i == 0 else "", f"{c.name} {c.arrow()}",
+                       cells[c].text(c))
+    return rt
+
+
+def render(results_dir: Path, console: Console | None = None, baseline: str | None = None,
+           selection: Selection | None = None, out_dir: Path | None = None, plots: bool = True,
+           layout: str | None = None) -> dict[str, Path]:
+    """Write tables (Markdown, LaTeX), plots, the leaderboard and ``index.html`` for the records under
+    ``results_dir`` into ``out_dir`` (default ``results_dir/tables``); return the files written.
 
     ``baseline`` (a row label or glob): cells not significantly different from that row's are marked ≈.
+    ``layout`` (``aptq_table1`` | ``aptq_table2``): also the paper's table, in its layout, with the
+    paper's own figures beside the measured rows.
     """
+    from harness.results import html, paper
+    from harness.results import plots as plotting
+
     console = console or Console()
-    tables = build_tables(load_records(results_dir))
-    out_dir = results_dir / "tables"
+    records = load_records(results_dir)
+    tables = build_tables(records, selection=selection)
+    out_dir = out_dir or results_dir / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
+    written: dict[str, Path] = {}
+
+    def write(name: str, text: str) -> None:
+        written[name] = out_dir / name
+        written[name].write_text(text, encoding="utf-8")
+
+    figures: dict[tuple[str, str], dict[str, Path]] = {}
     for (model, profile), table in sorted(tables.items()):
         title = f"{model} · profile {profile}"
         stem = re.sub(r"[^A-Za-z0-9._]+", "-", f"{model}__{profile}")
         base = mark_baseline(table, baseline) if baseline else None
         if baseline and base is None:
             log.warning("no row of %s matches --baseline %r; nothing marked", title, baseline)
-        for ext, text in (("md", to_markdown(title, table, base)), ("tex", to_latex(title, table))):
-            path = out_dir / f"{stem}.{ext}"
-            path.write_text(text, encoding="utf-8")
-            written[f"{stem}.{ext}"] = path
-        rt = Table(title=title)
-        rt.add_column("Method")
-        rt.add_column("Avg bits", justify="right")
-        for c in table["columns"]:
-            rt.add_column(c.name, justify="right")
-        for label, bits, cells in table["rows"]:
-            rt.add_row(label, f"{bits:g}", *(cells[c].text(c) if c in cells else "–" for c in table["columns"]))
-        console.print(rt)
-    lb = out_dir / "leaderboard.md"
-    lb.write_text(leaderboard(tables), encoding="utf-8")
-    written["leaderboard.md"] = lb
+        write(f"{stem}.md", to_markdown(title, table, base))
+        write(f"{stem}.tex", to_latex(title, table))
+        if plots:
+            figures[(model, profile)] = plotting.plot_table(table, out_dir / "plots", stem, title)
+            written.update({p.name: p for p in figures[(model, profile)].values()})
+        console.print(console_table(title, table, console.width))
+    if layout:
+        for name, text in paper.render_layout(layout, tables).items():
+            write(name, text)
+    write("leaderboard.md", leaderboard(tables))
+    write("index.html", html.page(tables, figures))
     if not tables:
         console.print(f"no complete records under {results_dir / 'records'}")
     return written
@@ -372,11 +531,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baseline", default=None,
                     help="row label (or glob) to compare every row with: cells not significantly different "
                          "from it (paired permutation test on the same windows/items, p >= 0.05) are marked ≈")
+    ap.add_argument("--models", default=None, help="comma-separated model names or globs")
+    ap.add_argument("--methods", default=None, help="comma-separated method labels or globs (e.g. 'APTQ*,GPTQ')")
+    ap.add_argument("--tasks", default=None, help="comma-separated tasks (columns)")
+    ap.add_argument("--order", default="bits", help="row order inside a bit-width group: bits | label | a column")
+    ap.add_argument("--layout", default=None, choices=["aptq_table1", "aptq_table2"],
+                    help="also render the paper's table in its layout, the paper's own figures beside")
+    ap.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     args = ap.parse_args(argv)
     if args.reference and args.results_dir:
         ap.error("give a results_dir or --reference, not both")
     folder = REFERENCE_DIR if args.reference else Path(args.results_dir or "results")
-    for path in render(folder, baseline=args.baseline).values():
+    def split(v):
+        return (v.split(",") if v else None)
+    selection = Selection(split(args.models), split(args.methods), split(args.tasks), args.order)
+    try:
+        written = render(folder, baseline=args.baseline, selection=selection, plots=not args.no_plots,
+                         layout=args.layout)
+    except ValueError as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+    for path in written.values():
         log.info("wrote %s", path)
 
 

@@ -1,6 +1,9 @@
-"""Weights & Biases observer. Offline by default (files under ``<results_dir>/wandb``);
-``wandb.mode=disabled`` turns it off. A W&B failure is logged and never loses the run or its
-record (the record is written before this observer's ``run_end``)."""
+"""Weights & Biases observer. Offline by default (files under ``<results_dir>/wandb``, uploaded later
+by ``wandb sync``); ``wandb.mode=disabled`` turns it off. Runs of one sweep share a group (the
+sweep's folder, set by the CLI, or ``wandb.group``); every metric (intervals' bounds included) is
+logged and in the summary, and the record is attached as a ``run-record`` artifact. A W&B failure
+is logged and never loses the run or its record (the record is written before this observer's
+``run_end``)."""
 from __future__ import annotations
 
 import logging
@@ -40,6 +43,7 @@ def harness_run_start(run):
         run.state[KEY] = {
             "run": wandb.init(project=opts.get("project", "quant-harness"), entity=opts.get("entity"),
                               mode=opts.get("mode", "offline"), dir=str(run.results_dir), name=run.run_id,
+                              group=opts.get("group"), job_type=run.config["method"]["name"],
                               config=run.config, reinit="finish_previous",
                               settings=wandb.Settings(quiet=opts.get("quiet", True))),
             "layers": [],
@@ -81,8 +85,14 @@ def harness_run_end(run, record):
             wb["run"].log({"layers": wandb.Table(columns=["layer", "bits", "group_size", "numel", "rel_err"],
                                                  data=wb["layers"])})
         q = record["quantization"]
+        metrics = {k: v for t, m in record["metrics"].items() for k, v in flatten_numbers(m, t).items()}
         wb["run"].summary.update({"avg_bits": q["avg_bits"], "avg_bits_with_overhead": q["avg_bits_with_overhead"],
-                                  **{f"timing/{k}": v for k, v in record["timings_s"].items()}})
+                                  **{f"timing/{k}": v for k, v in record["timings_s"].items()}, **metrics})
+        if record.get("record_path"):  # the whole record travels with the run (uploaded by wandb sync)
+            artifact = wandb.Artifact(name=f"record-{record['run_id']}", type="run-record",
+                                      metadata={"run_id": record["run_id"], "label": record["method"]["label"]})
+            artifact.add_file(record["record_path"], name="record.json")
+            wb["run"].log_artifact(artifact)
         wb["run"].finish()
 
     _guard(run, "finish", finish)
