@@ -43,7 +43,7 @@ from harness.results.records import (
     package_versions,
     record_path,
 )
-from harness.util import REPO_ROOT, build_config, canonical_hash, file_sha256
+from harness.util import REPO_ROOT, build_config, cache_lock, canonical_hash, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -389,8 +389,17 @@ def make_record(p: Plan, m: Loaded, run: RunContext, quant: dict[str, Any], cali
 def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[str] | None = None) -> dict:
     """Run one configuration end to end and return its record (or the reusable complete one)."""
     p = plan(cfg, plugins, overrides)
-    if (done := reusable(p)) is not None:
-        return done
+    # One job per run id at a time: in a parallel sweep, points that are the same run (a knob the method
+    # ignores) wait for the one that computes it and then reuse its record, instead of computing it again.
+    with cache_lock(record_path(p.results_dir, p.run_id)):
+        if (done := reusable(p)) is not None:
+            return done
+        return run_phases(p)
+
+
+def run_phases(p: Plan) -> dict:
+    """load → quantize → pack → evaluate → record, for a planned run that has no reusable record."""
+    cfg = p.cfg
     run = RunContext(run_id=p.run_id, config=cfg, results_dir=p.results_dir, identity=p.identity)
     torch.manual_seed(cfg["seed"])
     t_start = time.perf_counter()

@@ -23,7 +23,7 @@ import torch
 
 from harness.errors import ConfigError
 from harness.packed.checkpoint import is_packed_checkpoint, load_packed
-from harness.util import atomic_output
+from harness.util import atomic_output, cache_lock
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,20 @@ def converted_folder(gguf: Path, cache_dir: Path) -> Path:
 
 
 def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
-    """A plain HF folder converted from ``gguf``, made once under ``cache_dir/models``."""
+    """A plain HF folder converted from ``gguf``, made once under ``cache_dir/models`` (once per
+    machine or shared cache, also when the jobs of a sweep start together: ``cache_lock``)."""
+    out = converted_folder(gguf, cache_dir)
+    if not (out / "config.json").is_file():
+        with cache_lock(out):
+            if not (out / "config.json").is_file():  # another job may have made it while this one waited
+                convert_gguf(gguf, out)
+    return out
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` into a plain fp32 HF folder at ``out`` (written atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = converted_folder(gguf, cache_dir)
-    if (out / "config.json").is_file():
-        return out
     log.info("converting %s to %s (once)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -92,7 +100,6 @@ def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
     with atomic_output(out) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    return out
 
 
 def embedded_default_folder(cache_dir: Path) -> Path:
