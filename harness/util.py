@@ -98,7 +98,7 @@ def cache_lock(path: str | os.PathLike) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info("waiting for %s: another job is building %s", lock.lock_file, path.name)
+        log.info("waiting for %s: another job is making %s", lock.lock_file, path.name)
         lock.acquire()
     try:
         yield

@@ -42,7 +42,7 @@ def race(tmp_path: Path, child) -> tuple[int, list[str]]:
     builds = tmp_path / "builds.log"
 
     def main():
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # forked after the parent's OpenMP pool may exist: stay out of parallel regions
         barrier.wait(timeout=30)
         results.put(child(builds))
 
