@@ -160,6 +160,30 @@ def test_preempted_job_is_requeued_and_its_run_starts_again(tmp_path):
     assert rec["status"] == "complete" and written(job_logs(sweep)) == [rec["run_id"]]
 
 
+def test_slurm_launcher_submits_one_job_array_with_the_configured_resources(tmp_path, run_cli):
+    """The real ``hydra/launcher=slurm`` path up to ``sbatch``: a stand-in ``sbatch`` keeps the script it is
+    given and refuses it, so the sweep stops there (no cluster) and the script shows the resources asked for."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\ncp "$1" "$SBATCH_CAPTURE"\necho "sbatch: no cluster (test)" >&2\n'
+                                    "exit 1\n")
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it before submitting
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    script = tmp_path / "sbatch.sh"
+    res = run_cli("harness", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                  "hydra.launcher.gpus_per_node=2", "hydra.launcher.mem_gb=32", "hydra.launcher.timeout_min=90",
+                  "hydra.launcher.array_parallelism=3",
+                  *TINY, f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                  "method=rtn", "bits=2,3,4,8",
+                  env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SBATCH_CAPTURE": str(script)})
+    assert res.returncode != 0 and "sbatch: no cluster (test)" in res.stderr
+    lines = set(script.read_text().splitlines())
+    assert {"#SBATCH --array=0-3%3", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --mem=32GB",
+            "#SBATCH --time=90", "#SBATCH --cpus-per-task=8", "#SBATCH --signal=USR2@120"} <= lines
+    assert not (tmp_path / "results" / "records").exists()  # nothing ran
+
+
 def test_submitit_launchers_without_the_cluster_extra_give_one_line(tmp_path):
     hide = ("import sys\n"
             "class Hide:\n"
