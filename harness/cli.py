@@ -5,6 +5,7 @@ exit status 2, not a traceback.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -61,6 +62,8 @@ def check_group_choices(args: list[str]) -> None:
         return
     for ov in overrides:
         group = ov.key_or_group
+        if group == "hydra/launcher" and not ov.is_delete():
+            check_launcher(str(ov.value()))
         if group not in GROUPS or ov.is_delete():
             continue
         known = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
@@ -71,6 +74,19 @@ def check_group_choices(args: list[str]) -> None:
             for name in names:
                 if str(name) not in known:
                     raise unknown(group, name, known)
+
+
+def check_launcher(choice: str) -> None:
+    """The submitit launchers (``slurm``, ``local``, the plugin's ``submitit_*``) come with the optional
+    ``cluster`` extra: without it, say so in one line instead of Hydra's report of a missing config."""
+    if choice == "basic":
+        return
+    try:  # the parent namespace package may be missing too: then find_spec raises
+        found = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+    except ImportError:
+        found = False
+    if not found:
+        raise ConfigError(f"hydra/launcher={choice} needs Hydra's submitit launcher: pip install -e '.[cluster]'")
 
 
 def main() -> None:

@@ -26,8 +26,9 @@ import torch
 import harness
 from harness.errors import ConfigError
 from harness.inputs.data import CORPUS_FILES, data_fingerprint, resolve_data_dir
-from harness.inputs.model import ModelConfig, architecture, linear_widths, load_model
+from harness.inputs.model import ModelConfig, architecture, linear_widths, load_model, map_devices, place
 from harness.inputs.windows import CalibrationSpec, calibration_windows
+from harness.packed.checkpoint import is_packed_checkpoint
 from harness.plugins.hookspecs import RunContext
 from harness.plugins.manager import Plugins, make_plugins
 from harness.plugins.method import Method
@@ -43,7 +44,7 @@ from harness.results.records import (
     package_versions,
     record_path,
 )
-from harness.util import REPO_ROOT, build_config, canonical_hash, file_sha256
+from harness.util import REPO_ROOT, build_config, cache_lock, canonical_hash, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ KNOBS = ("bits", "group_size", "sym", "ratio", "act_order", "true_sequential")
 CORE_MODULES = ("harness/run.py", "harness/inputs", "harness/quantize", "harness/plugins/method.py",
                 "harness/plugins/task.py")
 PACKED_MODULES = ("harness/packed",)
+#: Model options that say where the model runs, not what it computes: like ``device``, not part of the identity.
+PLACEMENT = ("device_map",)
 
 
 # ----------------------------------------------------------------------------------------- plan
@@ -152,6 +155,31 @@ def check_capabilities(method: Method, model_cfg: ModelConfig, env: TaskEnv, pac
                               f"use a divisor of every layer's width ({hint}) or -1 for per-channel")
 
 
+def check_placement(cfg: dict[str, Any], method: Method, model_cfg: ModelConfig, env: TaskEnv, pack: bool) -> None:
+    """Refuse, in one line before loading, a ``model.device_map`` this run cannot use: a GPU that is not
+    there; packed layers run on one device; a quantizing method needs the undispatched model
+    (``offload=true``: it stays on the CPU while quantized, then is dispatched); a packed checkpoint
+    loads onto ``device``."""
+    dm = model_cfg.device_map
+    if dm is None:
+        return
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for module, dev in (map_devices(dm) if isinstance(dm, dict) else {}).items():
+        if dev.startswith("cuda") and int(dev.partition(":")[2]) >= gpus:
+            raise ConfigError(f"model.device_map puts {module!r} on {dev}, but this machine has {gpus} CUDA "
+                              f"device(s)")
+    if pack:
+        raise ConfigError("model.device_map cannot be combined with pack=true/save=true: packed layers run on one "
+                          "device; drop model.device_map or pack")
+    if method.quantizes and not cfg.get("offload"):
+        raise ConfigError(f"model.device_map with method={method.name} needs offload=true: the model stays on the "
+                          f"CPU while it is quantized (a calibrated method moves one decoder layer at a time to "
+                          f"device={env.device}), then it is dispatched")
+    if is_packed_checkpoint(model_cfg.path):
+        raise ConfigError(f"model.path={model_cfg.path} is a packed checkpoint: it loads onto device={env.device}; "
+                          f"drop model.device_map")
+
+
 def code_fingerprint(method: Method, tasks: list[Task], pack: bool) -> dict[str, str]:
     """Hash of the source files that produce this run's numbers: the core data path, the method's
     and the tasks' modules (with their base classes'), and the packed modules when packing."""
@@ -178,7 +206,7 @@ def make_identity(cfg: dict[str, Any], method: Method, tasks: list[Task], env: T
     if calib is not None:
         data["calibration"] = data_fingerprint([CORPUS_FILES[calib.corpus]], env.data_dir)
     return {
-        "model": dict(cfg["model"]),
+        "model": {k: v for k, v in cfg["model"].items() if k not in PLACEMENT},
         "method": {"name": method.name, **vars(method.config)},
         "tasks": {t.name: t.protocol() for t in tasks},
         "calibration": vars(calib) if calib else None,
@@ -207,6 +235,7 @@ def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[st
     save = bool(cfg.get("save", False))
     pack = bool(cfg.get("pack", False)) or save
     check_capabilities(method, model_cfg, env, pack)
+    check_placement(cfg, method, model_cfg, env, pack)
     warnings = ignored_overrides(list(overrides or []), method)
     if (w := source_grid_warning(method, model_cfg)) is not None:
         warnings.append(w)
@@ -214,10 +243,19 @@ def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[st
         log.warning(w)
     identity = make_identity(cfg, method, tasks, env, calib, pack)
     return Plan(cfg=cfg, plugins=plugins, method=method, tasks=tasks, env=env, calib=calib, model_cfg=model_cfg,
-                pack=pack, save=save, offload=bool(cfg.get("offload")) and calib is not None and env.device != "cpu",
+                pack=pack, save=save, offload=offloads(cfg, method, calib, model_cfg, env),
                 results_dir=Path(cfg["results_dir"]).expanduser(), identity=identity,
                 run_id=make_run_id(model_cfg.name, method.run_tag(), identity), warnings=warnings,
                 overrides=list(overrides or []))
+
+
+def offloads(cfg: dict[str, Any], method: Method, calib: CalibrationSpec | None, model_cfg: ModelConfig,
+             env: TaskEnv) -> bool:
+    """Whether the model stays on the CPU while it is quantized (``offload=true``): a calibrated method on
+    an accelerator, or any quantizing method when a ``device_map`` dispatches the model afterwards."""
+    if not cfg.get("offload") or not method.quantizes:
+        return False
+    return model_cfg.device_map is not None or (calib is not None and env.device != "cpu")
 
 
 def reusable(p: Plan) -> dict[str, Any] | None:
@@ -284,8 +322,8 @@ def quantize(p: Plan, m: Loaded, run: RunContext) -> tuple[dict[str, Any], dict[
         model_key = {"model": p.identity["model"], "seed": p.cfg["seed"]}  # the seed matters for random-init models
         quant = quantize_sequential(m.model, MethodRun(p.method, hook, run), windows, p.env.device,
                                     cache_dir=p.env.cache_dir, model_key=model_key)
-    if p.offload:
-        m.model.to(p.env.device)  # quantized layer by layer on the device; evaluated there as a whole
+    if p.offload:  # quantized layer by layer on the device; evaluated as a whole there (or over the device map)
+        place(m.model, p.model_cfg, p.env.device, p.env.cache_dir)
     grids = quant.pop("grids", {})  # tensors: never part of the record
     if m.checkpoint:
         from harness.packed.qlinear import measured_bits
@@ -337,6 +375,15 @@ def method_record(method: Method) -> dict[str, Any]:
     return {"name": method.name, "label": method.label(), "options": vars(method.config)}
 
 
+def placement(p: Plan, m: Loaded) -> dict[str, Any]:
+    """Where accelerate put each module, when a ``device_map`` was asked for (transformers keeps no map
+    when everything landed on one device)."""
+    if p.model_cfg.device_map is None:
+        return {}
+    where = getattr(m.model, "hf_device_map", None) or {"": next(m.model.parameters()).device}
+    return {"device_map": {k: str(v) for k, v in where.items()}}
+
+
 def environment() -> dict[str, Any]:
     """What the float path depends on besides the code: threads, machine, BLAS build."""
     return {"torch_threads": torch.get_num_threads(), "machine": platform.machine(),
@@ -362,7 +409,7 @@ def make_record(p: Plan, m: Loaded, run: RunContext, quant: dict[str, Any], cali
         "status": "complete",
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "identity": canonical_identity(p.identity),
-        "model": m.info,
+        "model": {**m.info, **placement(p, m)},
         "method": method,
         "capabilities": vars(p.method.capabilities()),
         "profile": p.cfg["profile"]["name"],
@@ -389,8 +436,17 @@ def make_record(p: Plan, m: Loaded, run: RunContext, quant: dict[str, Any], cali
 def execute(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[str] | None = None) -> dict:
     """Run one configuration end to end and return its record (or the reusable complete one)."""
     p = plan(cfg, plugins, overrides)
-    if (done := reusable(p)) is not None:
-        return done
+    # One job per run id at a time: in a parallel sweep, points that are the same run (a knob the method
+    # ignores) wait for the one that computes it and then reuse its record, instead of computing it again.
+    with cache_lock(record_path(p.results_dir, p.run_id)):
+        if (done := reusable(p)) is not None:
+            return done
+        return run_phases(p)
+
+
+def run_phases(p: Plan) -> dict:
+    """load → quantize → pack → evaluate → record, for a planned run that has no reusable record."""
+    cfg = p.cfg
     run = RunContext(run_id=p.run_id, config=cfg, results_dir=p.results_dir, identity=p.identity)
     torch.manual_seed(cfg["seed"])
     t_start = time.perf_counter()

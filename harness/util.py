@@ -1,5 +1,5 @@
-"""The small helpers every layer uses, each in one place: atomic writes, hashes, config dataclasses,
-did-you-mean errors."""
+"""The small helpers every layer uses, each in one place: atomic writes, cache locks, hashes, config
+dataclasses, did-you-mean errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +7,7 @@ import difflib
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -15,7 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from harness.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: conf/, methods/, tasks/, reference/
 
@@ -75,6 +80,30 @@ def write_atomic(path: str | os.PathLike, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextmanager
+def cache_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<path>.lock`` while the cache entry ``path`` is checked, built and written.
+
+    Jobs of a sweep that start together would each build the same entry (a model conversion, a
+    calibration set, a sensitivity pass): under this lock one builds it and the others wait, then
+    find it. Callers check again after acquiring it. ``filelock``'s OS lock is released when the
+    holder dies (a killed or preempted job never leaves the entry locked); ``atomic_output`` still
+    makes the write itself all or nothing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for %s: another job is making %s", lock.lock_file, path.name)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def unknown(kind: str, name: Any, known: Iterable[str]) -> ConfigError:

@@ -37,7 +37,8 @@ Two sources are not in the original schema:
   variant (original schema, exact) is therefore the default; ``full`` is recorded as such.
 
 Converted files are cached under ``<cache_dir>/zeroshot/``, keyed by the SHA-256 of the source
-files and the converter version, and written atomically (a finished folder appears at once).
+files and the converter version, and written atomically (a finished folder appears at once);
+jobs that start together convert once (``harness.util.cache_lock``).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from typing import Any
 
 from harness.errors import ConfigError
 from harness.inputs.data import local_file
-from harness.util import atomic_output, file_sha256, unknown
+from harness.util import atomic_output, cache_lock, file_sha256, unknown
 
 CONVERTER_VERSION = 1
 SUITE = ("piqa", "hellaswag", "arc_easy", "arc_challenge", "winogrande")
@@ -298,6 +299,20 @@ def task_yaml(task: str, data: Path, hf_cache: Path) -> str:
     return head + "\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.items()) + "\n"  # JSON values are YAML
 
 
+def write_local_task(task: str, data_dir: Path, variant: str, hashes: dict[str, str], out: Path,
+                     hf_cache: Path) -> None:
+    """Convert ``task``'s files and write the folder ``out`` (data, lm-eval YAML, info) atomically."""
+    rows, _ = convert(task, data_dir, variant)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    info = {"task": task, "variant": variant, "items": len(rows), "sources": hashes,
+            "data_sha256": hashlib.sha256(text.encode()).hexdigest(), "converter": CONVERTER_VERSION}
+    with atomic_output(out) as tmp:  # the folder appears complete, or not at all
+        tmp.mkdir()
+        (tmp / "data.jsonl").write_text(text, encoding="utf-8")
+        (tmp / f"{task}.yaml").write_text(task_yaml(task, out / "data.jsonl", hf_cache))
+        (tmp / "info.json").write_text(json.dumps(info, indent=2))
+
+
 def prepare(task: str, data_dir: Path, cache_dir: Path, variant: str = "subset") -> LocalTask:
     """Convert ``task``'s local files once (cached by their hashes) and return the task on disk."""
     if task not in BUILTIN:
@@ -311,15 +326,9 @@ def prepare(task: str, data_dir: Path, cache_dir: Path, variant: str = "subset")
     name = f"{task}-full" if task == "hellaswag" and variant == "full" else task
     out = cache_dir / "zeroshot" / f"{name}-{key}"
     if not (out / "info.json").is_file():
-        rows, _ = convert(task, data_dir, variant)
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        info = {"task": task, "variant": variant, "items": len(rows), "sources": hashes,
-                "data_sha256": hashlib.sha256(text.encode()).hexdigest(), "converter": CONVERTER_VERSION}
-        with atomic_output(out) as tmp:  # the folder appears complete, or not at all
-            tmp.mkdir()
-            (tmp / "data.jsonl").write_text(text, encoding="utf-8")
-            (tmp / f"{task}.yaml").write_text(task_yaml(task, out / "data.jsonl", cache_dir / "hf_datasets"))
-            (tmp / "info.json").write_text(json.dumps(info, indent=2))
+        with cache_lock(out):  # jobs that start together convert once; the others wait and read it
+            if not (out / "info.json").is_file():
+                write_local_task(task, data_dir, variant, hashes, out, cache_dir / "hf_datasets")
     info = json.loads((out / "info.json").read_text())
     return LocalTask(task=task, yaml=out / f"{task}.yaml", data=out / "data.jsonl", items=info["items"],
                      sources=info["sources"], data_sha256=info["data_sha256"])

@@ -20,6 +20,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, run_cli):
         "device=tpu": "device='tpu' is unknown; use auto, cpu, cuda or cuda:N",
         "group_size=7": "group_size=7 does not divide in_features=64 (hidden_size of tiny-llama)",
         "method=owq pack=true": "OWQ 4.01 cannot be packed: fp16 weak columns",
+        "model.device_map=autoo": "model.device_map='autoo' is unknown; use null, auto, balanced",
+        "method=gptq model.device_map=auto": "model.device_map with method=gptq needs offload=true",
     }
     for override, message in cases.items():
         res = run_cli("harness", *TINY, f"results_dir={tmp_path}", *override.split())

@@ -129,3 +129,48 @@ def test_the_published_reference_records_render(tmp_path):
     assert names[:2] == ["wikitext2 ppl", "c4 ppl"] and "zeroshot mean" in names
     fp16 = next(cells for label, bits, cells in table["rows"] if label == "FP16")
     assert round(fp16[table["columns"][0]].value, 2) == 29.19
+
+
+
+KILLED_RUN = """
+import json, os, signal, sys
+from harness import hookimpl
+from harness.plugins.manager import make_plugins
+from harness.run import execute
+
+cfg, when = json.load(sys.stdin)
+die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+class DieWhileEvaluating:
+    harness_task_result = staticmethod(hookimpl(die))
+if when == "writing the record":
+    os.fsync = die  # the record's bytes are in its temporary file, not yet renamed
+execute(cfg, plugins=make_plugins([DieWhileEvaluating()] if when == "evaluating" else []))
+"""
+
+
+@pytest.mark.parametrize("when", ["evaluating", "writing the record"])
+def test_a_killed_run_leaves_no_complete_record_and_runs_again(tiny_cfg, tmp_path, caplog, when):
+    """A job killed mid-run (preempted, timed out, cancelled; SIGKILL here: nothing can clean up) leaves no
+    record that reads as complete, so the run is computed again, not skipped. Killed after the record's bytes
+    are written but before the rename, the temporary stays hidden from every reader."""
+    import signal
+    import subprocess
+    import sys
+
+    from harness.results.records import completed, records_dir
+
+    cfg = tiny_cfg("method=rtn", "task=[wikitext2]")
+    res = subprocess.run([sys.executable, "-c", KILLED_RUN], input=json.dumps([cfg, when]), text=True,
+                         capture_output=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    results = tmp_path / "results"
+    left = sorted(f.name for f in records_dir(results).iterdir() if not f.name.endswith(".lock"))
+    if when == "evaluating":
+        assert left == []
+    else:
+        assert len(left) == 1 and left[0].startswith(".") and left[0].endswith(".tmp")  # the unrenamed temporary
+        assert json.loads((records_dir(results) / left[0]).read_text())["status"] == "complete"  # all its bytes
+    assert load_records(results) == []
+    with caplog.at_level("INFO"):
+        rec = execute(cfg)  # the killed run's lock went with it
+    assert "skipping" not in caplog.text and completed(results, rec["run_id"])["status"] == "complete"

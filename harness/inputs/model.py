@@ -12,9 +12,13 @@ A folder with a ``quantization.json`` is a packed checkpoint written with ``save
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import logging
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +27,12 @@ import torch
 
 from harness.errors import ConfigError
 from harness.packed.checkpoint import is_packed_checkpoint, load_packed
-from harness.util import atomic_output
+from harness.util import atomic_output, cache_lock
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's
 
 
 @dataclass
@@ -42,6 +47,9 @@ class ModelConfig:
     tokenizer: str | None = None  # tokenizer source if not the model's own ("embedded" = the default's)
     dtype: str = "auto"  # auto: float32 on CPU, float16 on CUDA
     source_grid: dict[str, Any] = field(default_factory=dict)  # how the weights were stored before
+    # A model larger than one GPU: accelerate's device map (null: the whole model on ``device``). A strategy
+    # (auto | balanced | balanced_low_0 | sequential) or {module: device} with devices N, cuda:N, cpu or disk.
+    device_map: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         chosen = [k for k in ("path", "gguf_package", "random_init") if getattr(self, k)]
@@ -49,6 +57,29 @@ class ModelConfig:
             raise ConfigError(f"model {self.name!r}: set exactly one of path, gguf_package, random_init")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ConfigError(f"model.dtype={self.dtype!r} is unknown; use auto, {', '.join(DTYPES)}")
+        check_device_map(self.device_map)
+
+
+def check_device_map(device_map: Any) -> None:
+    """A strategy name or a non-empty {module: device} mapping, in one-line errors (whether the
+    devices exist is checked by the run's plan)."""
+    if device_map is None:
+        return
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ConfigError(f"model.device_map={device_map!r} is unknown; use null, "
+                              f"{', '.join(DEVICE_MAP_STRATEGIES)} or a {{module: device}} mapping")
+        return
+    if not isinstance(device_map, dict) or not device_map:
+        raise ConfigError(f"model.device_map={device_map!r} must be a strategy or a {{module: device}} mapping")
+    for module, dev in device_map.items():
+        if not (type(dev) is int and dev >= 0) and not re.fullmatch(r"cpu|disk|cuda(:\d+)?", str(dev)):
+            raise ConfigError(f"model.device_map puts {module!r} on {dev!r}; a device is N, cuda:N, cpu or disk")
+
+
+def map_devices(device_map: dict[str, Any]) -> dict[str, str]:
+    """{module: device} with every GPU written as ``cuda:N``."""
+    return {m: f"cuda:{d}" if type(d) is int else ("cuda:0" if d == "cuda" else str(d)) for m, d in device_map.items()}
 
 
 def torch_dtype(name: str, device: str) -> torch.dtype:
@@ -75,12 +106,20 @@ def converted_folder(gguf: Path, cache_dir: Path) -> Path:
 
 
 def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
-    """A plain HF folder converted from ``gguf``, made once under ``cache_dir/models``."""
+    """A plain HF folder converted from ``gguf``, made once under ``cache_dir/models`` (once per
+    machine or shared cache, also when the jobs of a sweep start together: ``cache_lock``)."""
+    out = converted_folder(gguf, cache_dir)
+    if not (out / "config.json").is_file():
+        with cache_lock(out):
+            if not (out / "config.json").is_file():  # another job may have made it while this one waited
+                convert_gguf(gguf, out)
+    return out
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` into a plain fp32 HF folder at ``out`` (written atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = converted_folder(gguf, cache_dir)
-    if (out / "config.json").is_file():
-        return out
     log.info("converting %s to %s (once)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -92,7 +131,6 @@ def converted_gguf(gguf: Path, cache_dir: Path) -> Path:
     with atomic_output(out) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-    return out
 
 
 def embedded_default_folder(cache_dir: Path) -> Path:
@@ -149,17 +187,51 @@ def load_tokenizer(source: str, cache_dir: Path):
     return AutoTokenizer.from_pretrained(source)
 
 
+def offload_folder(cache_dir: Path) -> str:
+    """A fresh folder under ``cache_dir/offload`` for the weights a device map puts on disk (one per
+    process, so concurrent jobs never share one; removed when the process exits)."""
+    root = Path(cache_dir) / "offload"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="weights-", dir=root)
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def place(model: Any, cfg: ModelConfig, device: str, cache_dir: Path) -> None:
+    """Put the whole model where it is evaluated: on ``device``, or over the devices of
+    ``cfg.device_map`` with accelerate (a strategy is resolved as ``from_pretrained`` resolves it:
+    balanced GPU memory, decoder layers never split)."""
+    if cfg.device_map is None:
+        model.to(device)
+        return
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    device_map = cfg.device_map
+    if isinstance(device_map, str):
+        no_split = model._no_split_modules
+        memory = None if device_map == "sequential" else get_balanced_memory(
+            model, no_split_module_classes=no_split, low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split)
+    device_map = map_devices(device_map)
+    dispatch_model(model, device_map=device_map, offload_dir=offload_folder(cache_dir))
+    model.hf_device_map = device_map
+
+
 def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0,
                offload: bool = False) -> tuple[Any, Any, dict]:
-    """Return (model in eval mode on ``device``, tokenizer, info for the record).
+    """Return (model in eval mode on ``device`` or over ``cfg.device_map``, tokenizer, info for the record).
 
     ``offload``: the dtype is chosen for ``device`` but the model stays on the CPU (the sequential
-    driver moves one decoder layer at a time).
+    driver moves one decoder layer at a time; ``place`` puts it where it is evaluated afterwards).
+    Otherwise a ``device_map`` goes to ``from_pretrained``, which loads each weight onto its device
+    (no whole copy on the host); a model built in memory is dispatched by ``place``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = torch_dtype(cfg.dtype, device)
     info: dict[str, Any] = {"name": cfg.name, "dtype": str(dtype).removeprefix("torch.")}
+    placed = False  # by from_pretrained's device_map
     if cfg.random_init is not None:
         arch = dict(cfg.random_init)
         model_type = arch.pop("model_type", "llama")
@@ -185,13 +257,21 @@ def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0,
                 model, quant = load_packed(folder, dtype, device)
                 keep = ("method", "run_id", "weights_sha256", "dtype", "bit_map", "quantization")
                 info["packed_checkpoint"] = {k: quant.get(k) for k in keep}
+            elif cfg.device_map is not None and not offload:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, device_map=cfg.device_map,
+                                                             offload_folder=offload_folder(cache_dir))
+                placed = True
             else:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
             tokenizer = load_tokenizer(cfg.tokenizer or folder, cache_dir)
         except OSError as err:
             raise ConfigError(f"cannot load model {folder!r}: {str(err).splitlines()[0]}") from None
     model.config.use_cache = False  # evaluation and calibration never carry a KV cache
-    model.eval().to("cpu" if offload else device)
+    model.eval()
+    if offload:
+        model.to("cpu")
+    elif not placed:
+        place(model, cfg, device, cache_dir)
     info["params"] = sum(p.numel() for p in model.parameters())
     info["architecture"] = type(model).__name__
     return model, tokenizer, info

@@ -22,7 +22,7 @@ import torch
 
 from harness.errors import ConfigError
 from harness.inputs.data import Corpus, load_corpus
-from harness.util import atomic_output
+from harness.util import atomic_output, cache_lock
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class CalibrationSpec:
 def calibration_windows(
     spec: CalibrationSpec, tokenizer, data_dir: Path | None, cache_dir: Path
 ) -> tuple[torch.Tensor, dict]:
-    """(nsamples, seqlen) calibration token windows, cached on disk by their parameters.
+    """(nsamples, seqlen) calibration token windows, cached on disk by their parameters (drawn once,
+    also by jobs that start together: ``cache_lock``).
 
     Never drawn from WikiText-2 test or from the C4 evaluation documents. Returns the windows
     and a description for the record (source corpus, its hash, the cache key).
@@ -116,8 +117,15 @@ def calibration_windows(
     path = cache_dir / "calibration" / f"{spec.source}-{spec.nsamples}x{spec.seqlen}-s{spec.seed}-{key}.pt"
     info = {**asdict(spec), "corpus": corpus.name, "corpus_source": corpus.source,
             "corpus_sha256": corpus.sha256(), "cache_key": key}
-    if path.is_file():
-        return torch.load(path), info
+    if not path.is_file():
+        with cache_lock(path):
+            if not path.is_file():  # another job may have drawn them while this one waited
+                draw_calibration(spec, corpus, tokenizer, path)
+    return torch.load(path), info
+
+
+def draw_calibration(spec: CalibrationSpec, corpus: Corpus, tokenizer, path: Path) -> None:
+    """Draw the calibration windows of ``spec`` from ``corpus`` and write them to ``path`` atomically."""
     if spec.source == "c4":
         windows = random_doc_windows(corpus.docs, tokenizer, spec.nsamples, spec.seqlen, spec.seed)
     else:
@@ -125,4 +133,3 @@ def calibration_windows(
     with atomic_output(path) as tmp:
         torch.save(windows, tmp)
     log.info("cached calibration windows at %s", path)
-    return windows, info

@@ -13,6 +13,14 @@ log = logging.getLogger(__name__)
 
 
 class RenderTables(Callback):
+    """Render the tables once per sweep, over every record in ``results_dir``.
+
+    ``on_multirun_end`` runs in the launching process after the launcher returned, i.e. after every
+    job ended: with the basic launcher after the last run, with the submitit launchers (``slurm``,
+    ``local``) after the last job of the array; jobs themselves only call the per-job callbacks. A
+    sweep whose launching process dies renders nothing; ``python -m harness.report`` does it later.
+    """
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from harness.results.report import render
 

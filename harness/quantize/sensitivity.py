@@ -20,7 +20,7 @@ from torch import nn
 
 from harness.quantize.driver import MethodRun
 from harness.quantize.layers import decoder_layers, on_device, run_block
-from harness.util import canonical_hash, write_atomic
+from harness.util import cache_lock, canonical_hash, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +56,41 @@ def sensitivity_cache_path(cache_dir: Path, key: dict[str, Any]) -> Path:
     return Path(cache_dir) / "sensitivity" / f"{canonical_hash(key)[:20]}.json"
 
 
+def read_cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored entry at ``path`` if it exists, reads and was made for ``key``; else None."""
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        log.warning("ignoring unreadable sensitivity cache %s (%s); recomputing", path, err)
+        return None
+    return stored if stored.get("key") == json.loads(json.dumps(key, default=str)) else None
+
+
 def cached_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: dict[str, Any],
                          key: dict[str, Any], cache_dir: Path | None) -> dict[str, Any]:
     """Sensitivities from the cache, or computed by ``sensitivity_pass`` and cached (atomically).
 
     ``key`` must identify the model and the calibration windows; the method's
-    ``sensitivity_key()`` is added here. Returns ``{"scores", "cached", "seconds", "key"}``.
+    ``sensitivity_key()`` is added here. Jobs that need the same entry at once compute it once
+    (``cache_lock``): the others wait and read it. Returns ``{"scores", "cached", "seconds", "key"}``.
     """
     key = {**key, "method": mr.method.name, "options": mr.method.sensitivity_key()}
-    path = sensitivity_cache_path(cache_dir, key) if cache_dir is not None else None
-    if path is not None and path.exists():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("ignoring unreadable sensitivity cache %s (%s); recomputing", path, err)
-        else:
-            if stored.get("key") == json.loads(json.dumps(key, default=str)):
-                log.info("sensitivities from cache %s", path)
-                return {"scores": stored["scores"], "cached": True, "seconds": stored.get("seconds"), "key": key}
+    if cache_dir is None:
+        return compute_sensitivities(model, mr, inps, kwargs, key, None)
+    path = sensitivity_cache_path(cache_dir, key)
+    if (stored := read_cached(path, key)) is None:
+        with cache_lock(path):
+            if (stored := read_cached(path, key)) is None:  # another job may have computed it meanwhile
+                return compute_sensitivities(model, mr, inps, kwargs, key, path)
+    log.info("sensitivities from cache %s", path)
+    return {"scores": stored["scores"], "cached": True, "seconds": stored.get("seconds"), "key": key}
+
+
+def compute_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: dict[str, Any],
+                          key: dict[str, Any], path: Path | None) -> dict[str, Any]:
+    """Run ``sensitivity_pass``; store its scores at ``path`` (atomically) unless it is None."""
     t0 = time.perf_counter()
     scores = sensitivity_pass(model, mr, inps, kwargs)
     seconds = time.perf_counter() - t0
