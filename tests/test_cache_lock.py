@@ -19,6 +19,8 @@ import pytest
 import torch
 from filelock import FileLock, Timeout
 
+from harness.quantize.driver import MethodRun
+
 N = 4
 BUILD_SECONDS = 0.5  # long enough that unlocked builders would overlap
 
@@ -88,7 +90,8 @@ def test_sensitivities_are_computed_once(tmp_path):
 
     def child(builds):
         sensitivity.sensitivity_pass = counted(lambda *a: {"model.layers.0.self_attn.q_proj": 1.5}, builds)
-        got = sensitivity.cached_sensitivities(None, method, None, {}, {"model": "m"}, tmp_path / "cache", None, None)
+        mr = MethodRun(method, None, None)
+        got = sensitivity.cached_sensitivities(None, mr, None, {}, {"model": "m"}, tmp_path / "cache")
         return json.dumps([got["scores"], got["cached"]])
 
     n, out = race(tmp_path, child)
