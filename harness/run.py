@@ -26,13 +26,14 @@ import torch
 import harness
 from harness.errors import ConfigError
 from harness.inputs.data import CORPUS_FILES, data_fingerprint, resolve_data_dir
-from harness.inputs.model import ModelConfig, architecture, linear_widths, load_model
+from harness.inputs.model import ModelConfig, architecture, load_model
 from harness.inputs.windows import CalibrationSpec, calibration_windows
 from harness.plugins.hookspecs import RunContext
 from harness.plugins.manager import Plugins, make_plugins
 from harness.plugins.method import Method
 from harness.plugins.task import Task, TaskEnv
 from harness.quantize.driver import MethodRun, quantize_model
+from harness.quantize.layers import linear_widths
 from harness.quantize.primitives import check_bits
 from harness.quantize.sequential import quantize_sequential
 from harness.results.records import (

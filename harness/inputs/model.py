@@ -23,6 +23,7 @@ import torch
 
 from harness.errors import ConfigError
 from harness.packed.checkpoint import is_packed_checkpoint, load_packed
+from harness.quantize.layers import unfuse_experts
 from harness.util import atomic_output
 
 log = logging.getLogger(__name__)
@@ -125,22 +126,6 @@ def architecture(cfg: ModelConfig, cache_dir: Path):
         raise ConfigError(f"cannot read the config of model {folder!r}: {str(err).splitlines()[0]}") from None
 
 
-def linear_widths(config) -> dict[str, int]:
-    """The input widths of the decoder's linear layers, by the config field they come from
-    (q/k/v/gate/up read ``hidden_size``, o_proj the attention width, down_proj ``intermediate_size``)."""
-    text = getattr(config, "text_config", None) or config
-    hidden = text.hidden_size
-    heads = getattr(text, "num_attention_heads", None)
-    head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else None)
-    widths = {"hidden_size": hidden}
-    if heads and head_dim:
-        widths["num_attention_heads × head_dim"] = heads * head_dim
-    for name in ("intermediate_size", "ffn_dim"):
-        if getattr(text, name, None):
-            widths[name] = getattr(text, name)
-    return widths
-
-
 def load_tokenizer(source: str, cache_dir: Path):
     from transformers import AutoTokenizer
 
@@ -190,6 +175,8 @@ def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0,
             tokenizer = load_tokenizer(cfg.tokenizer or folder, cache_dir)
         except OSError as err:
             raise ConfigError(f"cannot load model {folder!r}: {str(err).splitlines()[0]}") from None
+    if unfuse_experts(model):  # MoE: one nn.Linear per expert (harness.quantize.layers), same outputs
+        info["experts"] = "unfused into per-expert linear layers"
     model.config.use_cache = False  # evaluation and calibration never carry a KV cache
     model.eval().to("cpu" if offload else device)
     info["params"] = sum(p.numel() for p in model.parameters())

@@ -27,6 +27,7 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.packed.qlinear import QuantLinear, to_quant_linear
+from harness.quantize.layers import unfuse_experts
 from harness.util import atomic_output, file_sha256
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def load_packed(folder: str | os.PathLike, dtype: torch.dtype, device: str) -> t
         raise ConfigError(f"checkpoint {folder}: cannot read {WEIGHTS_FILE} ({err})") from None
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    unfuse_experts(model)  # the layout the bit map names (MoE: one linear layer per expert), as at quantization
     to_quant_linear(model, quant["bit_map"])
     expected = model.state_dict()
     tied = {k for k in expected if k not in state and _is_tied(model, k)}
