@@ -200,6 +200,14 @@ def source_grid_warning(method: Method, model_cfg: ModelConfig) -> str | None:
     return None
 
 
+def bos_warnings(tasks: list[Task], model_cfg: ModelConfig) -> list[str]:
+    """One warning per perplexity task whose BOS protocol is not the one the model config recommends."""
+    want = model_cfg.recommended_bos
+    return [f"model {model_cfg.name} recommends bos={want} for perplexity, but task.{t.name}.bos={t.config.bos}: "
+            f"its perplexity is not the model's intended measure (set task.{t.name}.bos={want})"
+            for t in tasks if want and getattr(t.config, "bos", want) != want]
+
+
 def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[str] | None = None) -> Plan:
     """Validate everything that needs no model and fix the run's identity (cheap: no weights loaded)."""
     plugins = plugins or make_plugins()
@@ -211,6 +219,7 @@ def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[st
     warnings = ignored_overrides(list(overrides or []), method)
     if (w := source_grid_warning(method, model_cfg)) is not None:
         warnings.append(w)
+    warnings += bos_warnings(tasks, model_cfg)
     for w in warnings:
         log.warning(w)
     identity = make_identity(cfg, method, tasks, env, calib, pack)
@@ -266,6 +275,8 @@ class Loaded:
 def load(p: Plan) -> Loaded:
     model, tokenizer, info = load_model(p.model_cfg, p.env.device, p.env.cache_dir, seed=p.cfg["seed"],
                                         offload=p.offload)
+    for task in p.tasks:
+        task.check_tokenizer(tokenizer)
     checkpoint = info.get("packed_checkpoint")
     if checkpoint and p.method.quantizes:
         raise ConfigError(f"model.path={p.model_cfg.path} is a packed checkpoint ({checkpoint['method']['label']}); "

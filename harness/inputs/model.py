@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from harness.errors import ConfigError
+from harness.inputs.windows import BOS_PROTOCOLS
 from harness.packed.checkpoint import is_packed_checkpoint, load_packed
 from harness.quantize.layers import unfuse_experts
 from harness.util import atomic_output
@@ -43,8 +44,12 @@ class ModelConfig:
     tokenizer: str | None = None  # tokenizer source if not the model's own ("embedded" = the default's)
     dtype: str = "auto"  # auto: float32 on CPU, float16 on CUDA
     source_grid: dict[str, Any] = field(default_factory=dict)  # how the weights were stored before
+    recommended_bos: str | None = None  # the perplexity BOS protocol the model expects (none | per_window)
 
     def __post_init__(self) -> None:
+        if self.recommended_bos is not None and self.recommended_bos not in BOS_PROTOCOLS:
+            raise ConfigError(f"model.recommended_bos={self.recommended_bos!r} is unknown; use null or one of "
+                              f"{', '.join(BOS_PROTOCOLS)}")
         chosen = [k for k in ("path", "gguf_package", "random_init") if getattr(self, k)]
         if len(chosen) != 1:
             raise ConfigError(f"model {self.name!r}: set exactly one of path, gguf_package, random_init")
