@@ -79,8 +79,8 @@ def quantize_pack(model, variant: str, group: int) -> None:
     """RTN-quantize every decoder linear at the variant's bits and replace it by a QuantLinear."""
     import torch
 
-    from harness.packed.qlinear import QuantLinear, set_module
-    from harness.quantize.layers import linear_layers
+    from harness.packed.qlinear import QuantLinear
+    from harness.quantize.layers import linear_layers, set_module
     from harness.quantize.primitives import Grid, QuantSpec, rtn
 
     for name, lin in linear_layers(model).items():

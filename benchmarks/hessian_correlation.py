@@ -47,12 +47,12 @@ def main() -> None:
         if i in wanted:
             for targets in (("q_proj", "k_proj"), ("q_proj", "k_proj", "v_proj")):
                 key = f"layer{i}:{'+'.join(t[0] for t in targets)}"
-                results[key] = perturbation_study(block, inps, kwargs, targets=targets, n_perturb=a.perturb,
+                results[key] = perturbation_study(block, inps, kwargs[i], targets=targets, n_perturb=a.perturb,
                                                   rel_eps=a.rel_eps, probes=a.probes, seed=i)
         if i >= wanted[-1]:
             break
         with torch.no_grad():
-            inps = run_block(block, inps, kwargs)
+            inps = run_block(block, inps, kwargs[i])
     table = Table(title=f"Predicted vs actual attention-output error ({cfg['model']['name']}, "
                         f"{a.windows}×{a.seqlen} C4 windows, {a.perturb} perturbations, rel. size {a.rel_eps})")
     for col in ("layer:targets", "subset", "n", "Pearson APTQ", "Pearson GPTQ", "Spearman APTQ", "Spearman GPTQ",

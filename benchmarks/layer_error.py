@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.inputs.model import ModelConfig, load_model  # noqa: E402
 from harness.inputs.windows import CalibrationSpec, calibration_windows  # noqa: E402
-from harness.quantize.layers import decoder_layers, run_block  # noqa: E402
+from harness.quantize.layers import block_linears, decoder_layers, run_block  # noqa: E402
 from harness.quantize.primitives import QuantSpec, rtn  # noqa: E402
 from harness.quantize.sequential import capture_inputs  # noqa: E402
 from harness.util import build_config  # noqa: E402
@@ -58,9 +57,9 @@ def main() -> None:
     inps, kwargs = capture_inputs(model, windows[: args.windows], "cpu")
     _, layers = decoder_layers(model)
     for i in range(args.layer):
-        inps = run_block(layers[i], inps, kwargs)
+        inps = run_block(layers[i], inps, kwargs[i])
     block = layers[args.layer]
-    linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
+    linears = block_linears(block)
     stats, xs = Gptq(GptqConfig()), {}
 
     def record(name: str, X: torch.Tensor) -> None:  # a forward hook must return None
@@ -68,7 +67,7 @@ def main() -> None:
         xs.setdefault(name, []).append(X[0])
 
     hooks = [m.register_forward_hook(lambda _m, inp, _o, n=n: record(n, inp[0])) for n, m in linears.items()]
-    run_block(block, inps, kwargs)
+    run_block(block, inps, kwargs[args.layer])
     for h in hooks:
         h.remove()
     all_shapes = {n: (m.out_features, m.in_features) for n, m in linears.items()}

@@ -26,7 +26,7 @@ import torch
 import harness
 from harness.errors import ConfigError
 from harness.inputs.data import CORPUS_FILES, data_fingerprint, resolve_data_dir
-from harness.inputs.model import ModelConfig, architecture, linear_widths, load_model, map_devices, place
+from harness.inputs.model import ModelConfig, architecture, load_model, map_devices, place
 from harness.inputs.windows import CalibrationSpec, calibration_windows
 from harness.packed.checkpoint import is_packed_checkpoint
 from harness.plugins.hookspecs import RunContext
@@ -34,6 +34,7 @@ from harness.plugins.manager import Plugins, make_plugins
 from harness.plugins.method import Method
 from harness.plugins.task import Task, TaskEnv
 from harness.quantize.driver import MethodRun, quantize_model
+from harness.quantize.layers import linear_widths
 from harness.quantize.primitives import check_bits
 from harness.quantize.sequential import quantize_sequential
 from harness.results.records import (
@@ -227,6 +228,14 @@ def source_grid_warning(method: Method, model_cfg: ModelConfig) -> str | None:
     return None
 
 
+def bos_warnings(tasks: list[Task], model_cfg: ModelConfig) -> list[str]:
+    """One warning per perplexity task whose BOS protocol is not the one the model config recommends."""
+    want = model_cfg.recommended_bos
+    return [f"model {model_cfg.name} recommends bos={want} for perplexity, but task.{t.name}.bos={t.config.bos}: "
+            f"its perplexity is not the model's intended measure (set task.{t.name}.bos={want})"
+            for t in tasks if want and getattr(t.config, "bos", want) != want]
+
+
 def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[str] | None = None) -> Plan:
     """Validate everything that needs no model and fix the run's identity (cheap: no weights loaded)."""
     plugins = plugins or make_plugins()
@@ -239,6 +248,7 @@ def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[st
     warnings = ignored_overrides(list(overrides or []), method)
     if (w := source_grid_warning(method, model_cfg)) is not None:
         warnings.append(w)
+    warnings += bos_warnings(tasks, model_cfg)
     for w in warnings:
         log.warning(w)
     identity = make_identity(cfg, method, tasks, env, calib, pack)
@@ -303,6 +313,8 @@ class Loaded:
 def load(p: Plan) -> Loaded:
     model, tokenizer, info = load_model(p.model_cfg, p.env.device, p.env.cache_dir, seed=p.cfg["seed"],
                                         offload=p.offload)
+    for task in p.tasks:
+        task.check_tokenizer(tokenizer)
     checkpoint = info.get("packed_checkpoint")
     if checkpoint and p.method.quantizes:
         raise ConfigError(f"model.path={p.model_cfg.path} is a packed checkpoint ({checkpoint['method']['label']}); "

@@ -29,6 +29,16 @@ in ``bits_fraction``). Average bits = 4·R + 2·(1−R). ``sensitivity=trace_x_e
 the 2-bit RTN error ``‖Q₂(W) − W‖²`` (HAWQ-v2); ``random`` is a seeded random ranking (control).
 ``hessian=layer`` uses GPTQ's H everywhere (ablation: "GPTQ + trace allocation").
 
+**Families.** The projections and ``o_proj`` are found under each family's names
+(``harness.quantize.layers.FAMILIES``: OPT's ``out_proj``, Phi's ``dense``, ...). A fused projection
+whose output features are ``[q | k | v]`` (Phi-3 ``qkv_proj``) gets one reduced Hessian per output
+slice, ``H_q``, ``H_k``, ``H_v``, each with its own token weights ``s_t = ‖J_t[:, slice]‖²_F / d_slice``:
+GPTQ's solver treats the rows of ``W`` independently (one ``Hinv`` shared by the rows is the only
+coupling), so the slices are quantized as three row blocks of the same layer, each against its own H,
+and their grids are stacked back (exact, not an approximation of the separate-projection case).
+Its sensitivity is ``Σ_k d_k tr(H_k) / (d_out · d_in)``, the same normalisation as ``tr(H)/d_in``.
+MoE experts are MLP layers: GPTQ's H from the tokens routed to each (``methods.gptq``).
+
 Deviations from the slides, which leave them open: which reduction of JᵀJ (above); greedy
 skip-fill to meet ``ratio`` with whole layers; the quantization pass recomputes H on the
 quantized model's propagated inputs (GPTQ's sequential procedure) while the sensitivities come from
@@ -45,11 +55,11 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
-from harness.quantize.layers import StopForward
-from harness.quantize.primitives import rtn
-from methods.gptq import Gptq, GptqConfig
+from harness.quantize.layers import StopForward, family, local_name, model_config, qkv_split
+from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, relative_error, rtn
+from methods.gptq import Gptq, GptqConfig, check_min_tokens, gptq_quantize
 
-ATTN_PROJ = ("q_proj", "k_proj", "v_proj")
+QKV_PARTS = ("q", "k", "v")
 HESSIANS = ("attention", "layer")
 SENSITIVITIES = ("trace", "trace_x_err", "random")
 
@@ -71,8 +81,10 @@ class AptqConfig:
     act_order: bool = False
     static_groups: bool = False
     true_sequential: bool = False
+    min_tokens: int = 16  # fewer calibration tokens: RTN (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
+        check_min_tokens(self.min_tokens)
         for bits in (self.high_bits, self.low_bits):
             GptqConfig(bits, self.group_size, self.sym, self.percdamp, self.blocksize)  # same validation
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio <= 1:
@@ -89,11 +101,12 @@ class AptqConfig:
 
 
 def find_o_proj(block: nn.Module) -> nn.Linear:
-    """The attention output projection of a decoder block (its output is F, the attention output)."""
-    o_proj = next((m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] == "o_proj"), None)
+    """The attention output projection of a decoder block under its family's name (its output is F)."""
+    name = family(block).o_proj
+    o_proj = next((m for n, m in block.named_modules() if local_name(n) == name), None)
     if o_proj is None:
-        raise ConfigError(f"APTQ's attention Hessian needs an o_proj in {type(block).__name__}; "
-                          f"use method.hessian=layer for this model")
+        raise ConfigError(f"APTQ's attention Hessian needs the attention output projection {name!r} in "
+                          f"{type(block).__name__}; use method.hessian=layer for this model")
     return o_proj
 
 
@@ -205,10 +218,35 @@ class Aptq(Gptq):
             X = X * s.to(X.dtype).clamp_min(0).sqrt().unsqueeze(-1)  # (B, T, d_in)
         super().add_batch(name, X)
 
+    def __init__(self, config: AptqConfig) -> None:
+        super().__init__(config)
+        #: fused q/k/v projections: name → [(statistics key, first row, end row)] of its output slices
+        self.row_parts: dict[str, list[tuple[str, int, int]]] = {}
+
+    def _output_slices(self, block: nn.Module, name: str, mod: nn.Linear) -> list[tuple[str, int, int]]:
+        """[(statistics key, lo, hi)]: the whole output for a separate projection; for a fused q/k/v
+        projection its q, k and v row slices (remembered in ``row_parts`` for ``quantize_layer``)."""
+        if local_name(name) != family(block).fused_qkv:
+            return [(name, 0, mod.out_features)]
+        widths = qkv_split(model_config(block))
+        if sum(widths) != mod.out_features:
+            raise ValueError(f"{name}: out_features={mod.out_features} is not q+k+v={widths} from the model config")
+        bounds = torch.tensor((0, *widths)).cumsum(0).tolist()
+        self.row_parts[name] = [(f"{name}:{p}", lo, hi) for p, lo, hi in zip(QKV_PARTS, bounds[:-1], bounds[1:],
+                                                                              strict=True)]
+        return self.row_parts[name]
+
     def layer_sensitivity(self, name: str, layer: nn.Linear) -> float:
-        H = self.H.pop(name)  # (d_in, d_in)
-        self.nsamples.pop(name)
-        trace = float(torch.diag(H).sum()) / H.shape[0]  # average Hessian trace tr(H)/d_in
+        """``tr(H)/d_in`` (a fused q/k/v layer: ``Σ_k d_k tr(H_k) / (d_out d_in)``); 0 for a layer that saw no
+        calibration token (an MoE expert nothing was routed to)."""
+        parts = self.row_parts.pop(name, None) or [(name, 0, layer.out_features)]
+        trace = 0.0
+        for key, lo, hi in parts:
+            H = self.H.pop(key, None)  # (d_in, d_in)
+            self.nsamples.pop(key, None)
+            self.tokens.pop(key, None)
+            if H is not None:
+                trace += (hi - lo) / layer.out_features * float(torch.diag(H).sum()) / H.shape[0]
         if self.config.sensitivity == "trace_x_err":
             W = layer.weight.data.float()  # (d_out, d_in)
             Q2 = rtn(W, self.spec(self.config.low_bits), layer=name).Q
@@ -216,12 +254,37 @@ class Aptq(Gptq):
         return trace
 
     @torch.no_grad()
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+        parts = self.row_parts.pop(name, None)
+        if parts is None:
+            return super().quantize_layer(name, layer, spec)
+        W = layer.weight.data  # (d_out, d_in)
+        Q = torch.empty_like(W, dtype=torch.float32)
+        grids, info = [], {"loss": 0.0, "damp_retries": 0, "slices": {}}
+        for key, lo, hi in parts:  # rows lo:hi against the slice's own H (the rows are independent in GPTQ)
+            H, cfg, part_info = self.take_hessian(key, layer)
+            Q[lo:hi], stats = gptq_quantize(W[lo:hi], H, spec, cfg)
+            grids.append(stats.pop(GRID_KEY))
+            info["loss"] += stats["loss"]
+            info["damp_retries"] = max(info["damp_retries"], stats["damp_retries"])
+            info["slices"][key.rsplit(":", 1)[-1]] = {"rows": [lo, hi], **part_info}
+        info["tokens"] = info["slices"][QKV_PARTS[0]]["tokens"]
+        fallbacks = sorted({p["fallback"] for p in info["slices"].values() if "fallback" in p})
+        if fallbacks:
+            info["fallback"] = "+".join(fallbacks)
+        err = relative_error(W, Q)
+        layer.weight.data.copy_(Q.to(W.dtype))
+        if all(g.g_idx is None for g in grids):  # act-order with dynamic groups: no common g_idx, no grid to pack
+            info[GRID_KEY] = Grid(torch.cat([g.scale for g in grids]), torch.cat([g.zero for g in grids]))
+        return {"err": err, **info}
+
+    @torch.no_grad()
     def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
                 kwargs: dict[str, Any]) -> torch.Tensor | None:
         """q/k/v: attention-aware H; o_proj and MLP: GPTQ's H, collected in the same forward pass."""
         attn = {}
         if self.config.hessian == "attention":
-            attn = {n: m for n, m in modules.items() if n.rsplit(".", 1)[-1] in ATTN_PROJ}
+            attn = {n: m for n, m in modules.items() if local_name(n) in family(block).attention_inputs}
         if not attn:
             return super().collect(block, modules, inps, kwargs)
         rest = {n: m for n, m in modules.items() if n not in attn}
@@ -236,6 +299,7 @@ class Aptq(Gptq):
         """
         o_proj = find_o_proj(block)
         names, rest = list(attn), rest or {}
+        slices = {n: self._output_slices(block, n, m) for n, m in attn.items()}  # [(key, lo, hi)] per projection
         handles = [m.register_forward_hook(lambda _m, inp, _o, name=n: self.add_batch(name, inp[0].detach()))
                    for n, m in rest.items()]
         outs = torch.empty_like(inps) if rest else None
@@ -247,16 +311,19 @@ class Aptq(Gptq):
                 if outs is not None:
                     outs[j] = out[0]
                 ys = [cap[n][1] for n in names]  # each (1, T, d_out)
-                S = [torch.zeros(y.shape[1], dtype=torch.float32, device=y.device) for y in ys]  # (T,) each
+                T = ys[0].shape[1]
+                S = {key: torch.zeros(T, dtype=torch.float32, device=F.device) for n in names for key, *_ in slices[n]}
                 for p in range(self.config.probes):
                     v = torch.randint(0, 2, F.shape, generator=g, device=F.device).to(F.dtype) * 2 - 1
                     with torch.enable_grad():
                         grads = torch.autograd.grad(F, ys, grad_outputs=v, retain_graph=p < self.config.probes - 1)
-                    for k, gr in enumerate(grads):
-                        S[k] += gr[0].float().pow(2).sum(-1)  # ‖∂(v·F)/∂y_t‖², (T,)
-                for k, n in enumerate(names):
-                    s = S[k] / (self.config.probes * attn[n].out_features)  # s_t = ‖J_t‖²_F / d_out, (T,)
-                    self.add_batch(n, cap[n][0], s.unsqueeze(0))
+                    for n, gr in zip(names, grads, strict=True):
+                        for key, lo, hi in slices[n]:
+                            S[key] += gr[0, :, lo:hi].float().pow(2).sum(-1)  # ‖∂(v·F)/∂y_t[slice]‖², (T,)
+                for n in names:
+                    for key, lo, hi in slices[n]:
+                        s = S[key] / (self.config.probes * (hi - lo))  # s_t = ‖J_t‖²_F / d_out of the slice, (T,)
+                        self.add_batch(key, cap[n][0], s.unsqueeze(0))
         finally:
             for h in handles:
                 h.remove()

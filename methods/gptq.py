@@ -14,9 +14,19 @@ The integer grid actually used (per-group scale/zero, and ``g_idx`` when act-ord
 dynamic groups) is returned under ``stats["grid"]`` for packing; the driver pops it before the record.
 Deviation: if the Cholesky factorization fails, damping is raised ×10 (up to 6 times) and the
 number of retries is recorded, instead of crashing.
+
+Layers that see few calibration tokens (MoE experts: each sees only the tokens routed to it) are
+handled by ``Gptq.take_hessian``, shared by every Hessian method (GPTQ, APTQ, OWQ, PB-LLM); each
+layer's record carries its token count ``tokens`` and, when one was taken, its ``fallback``:
+- fewer than ``min_tokens`` tokens (none at all included): ``fallback: rtn``: ``H = I``, i.e. no
+  calibration information and no error compensation (``Hinv`` is diagonal, so GPTQ's update of the
+  later columns is zero and every column is rounded to nearest on GPTQ's grid: RTN exactly);
+- fewer tokens than inputs (``H`` has rank < d_in): ``fallback: damped``: the damping grows to
+  ``percdamp · d_in / tokens`` (at most ``MAX_PERCDAMP``), recorded as ``percdamp``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +42,8 @@ from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, f
 
 log = logging.getLogger(__name__)
 
+MAX_PERCDAMP = 0.5  # damping cap of the low-token fallback (percdamp must stay < 1)
+
 
 @dataclass
 class GptqConfig:
@@ -43,6 +55,7 @@ class GptqConfig:
     act_order: bool = False
     static_groups: bool = False
     true_sequential: bool = False
+    min_tokens: int = 16  # fewer calibration tokens (a rarely routed MoE expert): RTN (H = I)
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -51,6 +64,13 @@ class GptqConfig:
             raise ConfigError(f"percdamp={self.percdamp} must be in (0, 1)")
         if self.blocksize < 1:
             raise ConfigError(f"blocksize={self.blocksize} must be ≥ 1")
+        check_min_tokens(self.min_tokens)
+
+
+def check_min_tokens(min_tokens: Any) -> None:
+    if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 0:
+        raise ConfigError(f"min_tokens={min_tokens!r} must be an integer ≥ 0 (calibration tokens a layer needs "
+                          f"before its Hessian is used)")
 
 
 def inverse_hessian_factor(H: torch.Tensor, percdamp: float, retries: int = 6) -> tuple[torch.Tensor, int]:
@@ -128,7 +148,8 @@ class Gptq(Method):
     def __init__(self, config: GptqConfig) -> None:
         super().__init__(config)
         self.H: dict[str, torch.Tensor] = {}  # per layer: (d_in, d_in) float32
-        self.nsamples: dict[str, int] = {}
+        self.nsamples: dict[str, int] = {}  # calibration sequences (GPTQ's n)
+        self.tokens: dict[str, int] = {}  # calibration tokens the layer saw (an MoE expert: those routed to it)
 
     def solver_tags(self) -> list[str]:
         """Label tags of the grid and solver options that differ from the reference defaults."""
@@ -159,16 +180,35 @@ class Gptq(Method):
         Xt = (2 / n) ** 0.5 * X.reshape(-1, X.shape[-1]).t().float()  # (d_in, B·T)
         H += Xt.matmul(Xt.t())
         self.H[name], self.nsamples[name] = H, n
+        self.tokens[name] = self.tokens.get(name, 0) + X.shape[0] * X.shape[1]
+
+    def take_hessian(self, name: str, layer: nn.Linear) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+        """``(H, config, info)`` for quantizing ``layer``, freeing its statistics (module docstring):
+        H (d_in, d_in), the solver config (its ``percdamp`` raised when damped) and the record's
+        ``tokens`` / ``fallback`` / ``percdamp``."""
+        H = self.H.pop(name, None)
+        self.nsamples.pop(name, None)
+        n = self.tokens.pop(name, 0)
+        cfg, d_in = self.config, layer.in_features
+        info: dict[str, Any] = {"tokens": n}
+        if H is None or n < cfg.min_tokens:
+            log.info("%s saw %d calibration tokens (< min_tokens=%d): RTN (identity Hessian)", name, n, cfg.min_tokens)
+            info["fallback"] = "rtn"
+            return torch.eye(d_in, device=layer.weight.device), cfg, info
+        if n < d_in:
+            damp = min(MAX_PERCDAMP, cfg.percdamp * d_in / n)
+            info.update(fallback="damped", percdamp=damp)
+            return H, dataclasses.replace(cfg, percdamp=damp), info
+        return H, cfg, info
 
     @torch.no_grad()
     def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
         W = layer.weight.data  # (d_out, d_in)
-        H = self.H.pop(name)
-        self.nsamples.pop(name)
-        Q, stats = gptq_quantize(W, H, spec, self.config)
+        H, cfg, info = self.take_hessian(name, layer)
+        Q, stats = gptq_quantize(W, H, spec, cfg)
         err = relative_error(W, Q)
         layer.weight.data.copy_(Q.to(W.dtype))
-        return {"err": err, **stats}
+        return {"err": err, **info, **stats}
 
 
 @hookimpl

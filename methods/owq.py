@@ -55,9 +55,11 @@ class OwqConfig:
     blocksize: int = 128
     act_order: bool = False
     true_sequential: bool = False
+    min_tokens: int = 16  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
-        GptqConfig(self.bits, self.group_size, self.sym, self.percdamp, self.blocksize)  # same validation
+        GptqConfig(self.bits, self.group_size, self.sym, self.percdamp, self.blocksize,
+                   min_tokens=self.min_tokens)  # same validation
         if not isinstance(self.target_bits, (int, float)) or not self.bits <= self.target_bits < FP16_BITS:
             raise ConfigError(f"target_bits={self.target_bits} must be in [bits={self.bits}, {FP16_BITS}): it is the "
                               f"average including the fp16 columns, e.g. target_bits={self.bits + 0.01:g}")
@@ -165,17 +167,16 @@ class Owq(Gptq):
     @torch.no_grad()
     def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
         W = layer.weight.data  # (d_out, d_in)
-        H = self.H.pop(name)
-        self.nsamples.pop(name)
+        H, cfg, info = self.take_hessian(name, layer)
         n_out = self.fp16_columns.get(name, 0)
-        Q, stats = owq_quantize(W, H, n_out, spec, self.config)
+        Q, stats = owq_quantize(W, H, n_out, spec, cfg)
         err = relative_error(W, Q)
         layer.weight.data.copy_(Q.to(W.dtype))
         d_out, d_in = W.shape
         bits = layer_bits(d_out, d_in, spec.bits, n_out)
         n_groups = 1 if spec.group_size == -1 else math.ceil((d_in - n_out) / spec.group_size)
         grid_bits = n_groups * (SCALE_BITS + (0 if spec.sym else spec.bits)) / d_in  # scale + zero per group
-        return {"err": err, **stats, "fp16_columns": n_out, "bits_per_weight": bits,
+        return {"err": err, **info, **stats, "fp16_columns": n_out, "bits_per_weight": bits,
                 "bits_per_weight_with_overhead": bits + grid_bits, "packable": False, "packable_reason": NOT_PACKABLE}
 
 

@@ -50,6 +50,7 @@ class PbllmConfig:
     high_bits: int = 8
     percdamp: float = 0.01
     blocksize: int = 128
+    min_tokens: int = 16  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
         if not isinstance(self.salient_frac, (int, float)) or not 0 < self.salient_frac < 1:
@@ -59,7 +60,8 @@ class PbllmConfig:
             raise ConfigError(f"salience={self.salience!r} is unknown; choose one of {', '.join(SALIENCE)}")
         if not isinstance(self.compensate, bool):
             raise ConfigError(f"compensate={self.compensate!r} must be true or false")
-        GptqConfig(self.high_bits, percdamp=self.percdamp, blocksize=self.blocksize)  # same validation
+        GptqConfig(self.high_bits, percdamp=self.percdamp, blocksize=self.blocksize,
+                   min_tokens=self.min_tokens)  # same validation
 
 
 def pb_bits(n_salient: int, numel: int, high_bits: int = 8) -> float:
@@ -139,16 +141,13 @@ class Pbllm(Gptq):
     @torch.no_grad()
     def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
         W = layer.weight.data  # (d_out, d_in)
-        H = self.H.pop(name, None)
-        self.nsamples.pop(name, None)
-        if H is None and self.needs_calibration:
-            raise RuntimeError(f"no Hessian for {name}: the calibration pass did not reach it")
-        Q, stats = pb_quantize(W, H, self.config)
+        H, cfg, info = self.take_hessian(name, layer) if self.needs_calibration else (None, self.config, {})
+        Q, stats = pb_quantize(W, H, cfg)
         err = relative_error(W, Q)
         layer.weight.data.copy_(Q.to(W.dtype))
         bits = pb_bits(stats["salient"], W.numel(), self.config.high_bits)
         row_bits = 2 * SCALE_BITS + self.config.high_bits  # α and the grid scale (fp16), the grid's zero point
-        return {"err": err, **stats, "bits_per_weight": bits,
+        return {"err": err, **info, **stats, "bits_per_weight": bits,
                 "bits_per_weight_with_overhead": bits + row_bits / W.shape[1],
                 "packable": False, "packable_reason": NOT_PACKABLE}
 

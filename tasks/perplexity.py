@@ -4,6 +4,15 @@ Per window of ``seqlen`` tokens: the mean next-token cross-entropy over its ``se
 predictions; ppl = exp(mean over windows). This is GPTQ's ``llama_eval`` (``nll = loss · seqlen``,
 ``ppl = exp(Σ nll / (n · seqlen))``). Each window is evaluated independently (no cache, no
 context carried over).
+
+Named protocols, ``bos`` (part of ``protocol()``, so of the run identity and of the table column):
+- ``none`` (GPTQ's, the default): windows cut from the token stream as the tokenizer encodes it
+  (its default special tokens: a LLaMA tokenizer's BOS opens the text, hence only window 0);
+- ``per_window``: the text is encoded without special tokens, cut into windows of ``seqlen − 1``
+  tokens, and the tokenizer's BOS is put first in every window, so each window still has ``seqlen``
+  tokens and all its ``seqlen − 1`` text tokens are scored. Models trained to always see a BOS
+  (Gemma) give about twice the perplexity without one. A model config may name the protocol it
+  expects (``recommended_bos``); a run with another is warned about (``harness.run.plan``).
 """
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ import torch.nn.functional as F
 
 from harness.errors import ConfigError
 from harness.inputs.data import CORPUS_FILES, Corpus, load_corpus
-from harness.inputs.windows import joined_ids, random_doc_windows, sequential_windows
+from harness.inputs.windows import BOS_PROTOCOLS, joined_ids, random_doc_windows, sequential_windows, with_bos
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.task import Task
 from harness.results.stats import ppl_interval
@@ -30,8 +39,11 @@ class PerplexityConfig:
     n_windows: int | None = None  # WikiText-2: first n windows (None = all); C4: n random windows
     batch_size: int = 1
     seed: int = 0  # C4 window sampling (GPTQ: random.seed(0))
+    bos: str = "none"  # none (GPTQ) | per_window (BOS + seqlen − 1 text tokens per window)
 
     def __post_init__(self) -> None:
+        if self.bos not in BOS_PROTOCOLS:
+            raise ConfigError(f"bos={self.bos!r} is unknown; choose one of {', '.join(BOS_PROTOCOLS)}")
         if self.seqlen < 2:
             raise ConfigError(f"seqlen={self.seqlen} must be at least 2")
         if self.n_windows is not None and self.n_windows < 1:
@@ -63,8 +75,20 @@ class _Perplexity(Task):
     corpus: str
 
     def windows(self, text: Corpus, tokenizer) -> torch.Tensor:
-        """The (n, seqlen) evaluation windows."""
+        """The (n, seqlen) evaluation windows, with the protocol's BOS."""
+        if self.config.bos == "none":
+            return self.text_windows(text, tokenizer, self.config.seqlen, special_tokens=True)
+        return with_bos(self.text_windows(text, tokenizer, self.config.seqlen - 1, special_tokens=False),
+                        tokenizer.bos_token_id)
+
+    def text_windows(self, text: Corpus, tokenizer, length: int, special_tokens: bool) -> torch.Tensor:
+        """(n, length) windows of the encoded text."""
         raise NotImplementedError
+
+    def check_tokenizer(self, tokenizer) -> None:
+        if self.config.bos == "per_window" and tokenizer.bos_token_id is None:
+            raise ConfigError(f"task.{self.name}.bos=per_window, but the tokenizer ({tokenizer.name_or_path}) has no "
+                              f"BOS token; use bos=none")
 
     def n_windows(self) -> int | None:
         return self.config.n_windows
@@ -75,7 +99,7 @@ class _Perplexity(Task):
     def protocol(self) -> dict[str, Any]:
         c = self.config
         return {"name": f"gptq-ppl-{self.name}", "seqlen": c.seqlen, "n_windows": self.n_windows(),
-                "corpus": self.corpus, **({"seed": c.seed} if self.name == "c4" else {})}
+                "corpus": self.corpus, "bos": c.bos, **({"seed": c.seed} if self.name == "c4" else {})}
 
     def evaluate(self, model, tokenizer, hook, run) -> dict[str, Any]:
         text = load_corpus(self.corpus, self.env.data_dir)
@@ -95,6 +119,7 @@ class _Perplexity(Task):
             "nll": nll.mean().item(),
             "window_nll": nll.tolist(),  # (n,) mean next-token NLL per window: every statistic recomputes from it
             "window_tokens": windows.shape[1] - 1,  # tokens scored per window (all windows alike)
+            "bos": self.config.bos,
             "windows": windows.shape[0],
             "tokens": windows.numel(),
             "tokens_per_s": windows.numel() / seconds,
@@ -108,8 +133,8 @@ class WikiText2(_Perplexity):
     name = "wikitext2"
     corpus = "wikitext2_test"
 
-    def windows(self, text: Corpus, tokenizer) -> torch.Tensor:
-        return sequential_windows(joined_ids(text, tokenizer), self.config.seqlen, self.config.n_windows)
+    def text_windows(self, text: Corpus, tokenizer, length: int, special_tokens: bool) -> torch.Tensor:
+        return sequential_windows(joined_ids(text, tokenizer, special_tokens), length, self.config.n_windows)
 
 
 class C4(_Perplexity):
@@ -119,8 +144,8 @@ class C4(_Perplexity):
     def n_windows(self) -> int:
         return self.config.n_windows or 256  # GPTQ's full protocol
 
-    def windows(self, text: Corpus, tokenizer) -> torch.Tensor:
-        return random_doc_windows(text.docs, tokenizer, self.n_windows(), self.config.seqlen, self.config.seed)
+    def text_windows(self, text: Corpus, tokenizer, length: int, special_tokens: bool) -> torch.Tensor:
+        return random_doc_windows(text.docs, tokenizer, self.n_windows(), length, self.config.seed, special_tokens)
 
 
 @hookimpl

@@ -33,7 +33,7 @@ def block_and_inputs(cache_dir):
     g = torch.Generator().manual_seed(0)
     windows = torch.randint(0, model.config.vocab_size, (4, 32), generator=g)
     inps, kwargs = capture_inputs(model, windows, "cpu")
-    return block, inps, kwargs
+    return block, inps, kwargs[0]
 
 
 def names(block, *locals_):

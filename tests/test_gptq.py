@@ -62,9 +62,10 @@ def test_captured_inputs_are_per_window_with_no_cache(tiny):
     windows = torch.randint(0, 1000, (3, 16))
     inps, kwargs = capture_inputs(tiny, windows, "cpu")
     assert inps.shape == (3, 16, 64)
-    assert not {"past_key_value", "past_key_values", "use_cache"} & set(kwargs)
+    assert not {"past_key_value", "past_key_values", "use_cache", "cache"} & set().union(*kwargs)
     _, layers = decoder_layers(tiny)
-    outs = run_block(layers[0], inps, kwargs)
+    assert len(kwargs) == len(layers)  # one set of kwargs per decoder layer
+    outs = run_block(layers[0], inps, kwargs[0])
     for j in range(3):  # each window alone, as the model itself computes it
         hs = tiny(input_ids=windows[j : j + 1], output_hidden_states=True).hidden_states
         assert torch.allclose(inps[j], hs[0][0], atol=1e-5)

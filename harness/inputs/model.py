@@ -26,7 +26,9 @@ from typing import Any
 import torch
 
 from harness.errors import ConfigError
+from harness.inputs.windows import BOS_PROTOCOLS
 from harness.packed.checkpoint import is_packed_checkpoint, load_packed
+from harness.quantize.layers import unfuse_experts
 from harness.util import atomic_output, cache_lock
 
 log = logging.getLogger(__name__)
@@ -50,8 +52,12 @@ class ModelConfig:
     # A model larger than one GPU: accelerate's device map (null: the whole model on ``device``). A strategy
     # (auto | balanced | balanced_low_0 | sequential) or {module: device} with devices N, cuda:N, cpu or disk.
     device_map: str | dict[str, Any] | None = None
+    recommended_bos: str | None = None  # the perplexity BOS protocol the model expects (none | per_window)
 
     def __post_init__(self) -> None:
+        if self.recommended_bos is not None and self.recommended_bos not in BOS_PROTOCOLS:
+            raise ConfigError(f"model.recommended_bos={self.recommended_bos!r} is unknown; use null or one of "
+                              f"{', '.join(BOS_PROTOCOLS)}")
         chosen = [k for k in ("path", "gguf_package", "random_init") if getattr(self, k)]
         if len(chosen) != 1:
             raise ConfigError(f"model {self.name!r}: set exactly one of path, gguf_package, random_init")
@@ -163,22 +169,6 @@ def architecture(cfg: ModelConfig, cache_dir: Path):
         raise ConfigError(f"cannot read the config of model {folder!r}: {str(err).splitlines()[0]}") from None
 
 
-def linear_widths(config) -> dict[str, int]:
-    """The input widths of the decoder's linear layers, by the config field they come from
-    (q/k/v/gate/up read ``hidden_size``, o_proj the attention width, down_proj ``intermediate_size``)."""
-    text = getattr(config, "text_config", None) or config
-    hidden = text.hidden_size
-    heads = getattr(text, "num_attention_heads", None)
-    head_dim = getattr(text, "head_dim", None) or (hidden // heads if heads else None)
-    widths = {"hidden_size": hidden}
-    if heads and head_dim:
-        widths["num_attention_heads × head_dim"] = heads * head_dim
-    for name in ("intermediate_size", "ffn_dim"):
-        if getattr(text, name, None):
-            widths[name] = getattr(text, name)
-    return widths
-
-
 def load_tokenizer(source: str, cache_dir: Path):
     from transformers import AutoTokenizer
 
@@ -266,6 +256,8 @@ def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0,
             tokenizer = load_tokenizer(cfg.tokenizer or folder, cache_dir)
         except OSError as err:
             raise ConfigError(f"cannot load model {folder!r}: {str(err).splitlines()[0]}") from None
+    if unfuse_experts(model):  # MoE: one nn.Linear per expert (harness.quantize.layers), same outputs
+        info["experts"] = "unfused into per-expert linear layers"
     model.config.use_cache = False  # evaluation and calibration never carry a KV cache
     model.eval()
     if offload:

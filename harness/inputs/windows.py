@@ -26,10 +26,18 @@ from harness.util import atomic_output, cache_lock
 
 log = logging.getLogger(__name__)
 
+#: perplexity protocols for the BOS token: none (GPTQ's) | per_window (BOS first in every window)
+BOS_PROTOCOLS = ("none", "per_window")
 
-def encode(tokenizer, text: str) -> torch.Tensor:
-    """Token ids of ``text`` as a 1-D int64 tensor (the tokenizer's default special tokens)."""
-    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+def encode(tokenizer, text: str, special_tokens: bool = True) -> torch.Tensor:
+    """Token ids of ``text`` as a 1-D int64 tensor (with the tokenizer's default special tokens, or none)."""
+    return torch.tensor(tokenizer(text, add_special_tokens=special_tokens)["input_ids"], dtype=torch.long)
+
+
+def with_bos(windows: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """(n, T) windows → (n, T + 1) with ``bos_id`` first in every window."""
+    return torch.cat([torch.full((windows.shape[0], 1), bos_id, dtype=windows.dtype), windows], dim=1)
 
 
 def sequential_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
@@ -42,7 +50,8 @@ def sequential_windows(ids: torch.Tensor, seqlen: int, max_windows: int | None =
     return ids[: n * seqlen].view(n, seqlen)
 
 
-def random_doc_windows(docs: list[str], tokenizer, n: int, seqlen: int, seed: int) -> torch.Tensor:
+def random_doc_windows(docs: list[str], tokenizer, n: int, seqlen: int, seed: int,
+                       special_tokens: bool = True) -> torch.Tensor:
     """(n, seqlen) windows drawn as in GPTQ's ``get_c4`` (see the module docstring)."""
     cache: dict[int, torch.Tensor] = {}
     rng = random.Random(seed)  # same stream as random.seed(seed); no global state touched
@@ -52,7 +61,7 @@ def random_doc_windows(docs: list[str], tokenizer, n: int, seqlen: int, seed: in
         while True:
             i = rng.randint(0, len(docs) - 1)
             if i not in cache:
-                cache[i] = encode(tokenizer, docs[i])
+                cache[i] = encode(tokenizer, docs[i], special_tokens)
             tries += 1
             if cache[i].numel() > seqlen:
                 break
@@ -74,8 +83,8 @@ def random_text_windows(ids: torch.Tensor, n: int, seqlen: int, seed: int) -> to
     return torch.stack(out)
 
 
-def joined_ids(corpus: Corpus, tokenizer) -> torch.Tensor:
-    return encode(tokenizer, "\n\n".join(corpus.docs))
+def joined_ids(corpus: Corpus, tokenizer, special_tokens: bool = True) -> torch.Tensor:
+    return encode(tokenizer, "\n\n".join(corpus.docs), special_tokens)
 
 
 @dataclass(frozen=True)

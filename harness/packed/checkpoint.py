@@ -1,9 +1,12 @@
 """Packed checkpoints: a quantized model saved as safetensors plus its quantization config and bit map.
 
 A checkpoint folder holds
-- ``config.json`` and ``model.safetensors``: ``save_pretrained`` of the packed model (the
-  ``QuantLinear`` buffers ``qweight`` / ``scales`` / ``zeros`` in place of the linear weights;
-  embeddings, norms and ``lm_head`` in the model's dtype), and the tokenizer files;
+- ``config.json`` and ``model.safetensors``: the model config and the packed model's state dict
+  under its module paths (the ``QuantLinear`` buffers ``qweight`` / ``scales`` / ``zeros`` in place of
+  the linear weights; embeddings, norms and ``lm_head`` in the model's dtype; a tied ``lm_head`` not
+  stored twice), and the tokenizer files. The tensors are written directly, not with
+  ``save_pretrained``: transformers renames some families' keys on save (Mixtral: ``.mlp.`` →
+  ``.block_sparse_moe.``), and the bit map names the module paths the harness quantized;
 - ``quantization.json``: format name and version, the packing layout, the per-layer bit map
   (bits, group size) for every packed layer, the method and the run that made it, and the SHA-256
   of ``model.safetensors``.
@@ -27,6 +30,7 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.packed.qlinear import QuantLinear, to_quant_linear
+from harness.quantize.layers import unfuse_experts
 from harness.util import atomic_output, file_sha256
 
 log = logging.getLogger(__name__)
@@ -51,9 +55,17 @@ def save_packed(model: nn.Module, tokenizer: Any, folder: Path, meta: dict[str, 
                for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not bit_map:
         raise ConfigError("save=true needs a packed model (no QuantLinear layers found)")
+    from safetensors.torch import save_file
+
     folder = Path(folder)
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():  # tied tensors (lm_head = embeddings) once, under the first name
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            state[k] = v.contiguous()
     with atomic_output(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, max_shard_size="1000GB")
+        model.config.save_pretrained(tmp)
+        save_file(state, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         quant = {"format": FORMAT, "format_version": FORMAT_VERSION, "layout": LAYOUT,
@@ -106,6 +118,7 @@ def load_packed(folder: str | os.PathLike, dtype: torch.dtype, device: str) -> t
         raise ConfigError(f"checkpoint {folder}: cannot read {WEIGHTS_FILE} ({err})") from None
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    unfuse_experts(model)  # the layout the bit map names (MoE: one linear layer per expert), as at quantization
     to_quant_linear(model, quant["bit_map"])
     expected = model.state_dict()
     tied = {k for k in expected if k not in state and _is_tied(model, k)}

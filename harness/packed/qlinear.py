@@ -28,6 +28,7 @@ from harness.packed.packing import (
     pack_weight,
     packed_nbytes,
 )
+from harness.quantize.layers import set_module
 from harness.quantize.primitives import Grid, dequantize, quantize_int
 
 ON_GRID_TOL = 0.05  # max |Ŵ − W| in grid steps before packing refuses (float rounding is far below)
@@ -92,15 +93,6 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         g = "per-channel" if self.group_size == -1 else f"g{self.group_size}"
         return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, {g}, bias={self.bias is not None}"
-
-
-def set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Replace the submodule at dotted path ``name``; return the old one."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, module)
-    return old
 
 
 def pack_model(model: nn.Module, grids: dict[str, Grid], layers_info: dict[str, dict[str, Any]]

@@ -51,6 +51,9 @@ class Task(ABC):
         """The ``harness.inputs.data.FILES`` keys this task reads (their hashes join the run identity)."""
         return []
 
+    def check_tokenizer(self, tokenizer: Any) -> None:  # noqa: B027 - optional hook
+        """Refuse, right after loading (before any quantization), what this tokenizer cannot do: one ConfigError."""
+
     @abstractmethod
     def protocol(self) -> dict[str, Any]:
         """Protocol name and parameters, for the record (available before ``evaluate``)."""

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.quantize.layers import StopForward
-from methods.aptq import ATTN_PROJ, Aptq, AptqConfig, find_o_proj
+from harness.quantize.layers import StopForward, family
+from methods.aptq import Aptq, AptqConfig, find_o_proj
 from methods.gptq import Gptq, GptqConfig
 
 
@@ -74,7 +74,8 @@ def perturbation_study(block: nn.Module, inps: torch.Tensor, kwargs: dict[str, A
                        rel_eps: float = 1e-2, probes: int = 16, seed: int = 0) -> dict[str, Any]:
     """Correlations (Pearson, Spearman) of predicted vs actual ΔE, per target layer and pooled."""
     mods = {n: m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] in targets}
-    assert all(t in ATTN_PROJ for t in targets), f"targets must be among {ATTN_PROJ}"
+    attention = family(block).attention
+    assert all(t in attention for t in targets), f"targets must be among {attention}"
     aptq, gptq = Aptq(AptqConfig(probes=probes, seed=seed)), Gptq(GptqConfig())
     aptq.collect(block, mods, inps, kwargs)
     gptq.collect(block, mods, inps, kwargs)

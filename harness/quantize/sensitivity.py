@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from harness.quantize.driver import MethodRun
-from harness.quantize.layers import decoder_layers, on_device, run_block
+from harness.quantize.layers import block_linears, decoder_layers, on_device, run_block
 from harness.util import cache_lock, canonical_hash, write_atomic
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,10 @@ def windows_hash(windows: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def sensitivity_pass(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: dict[str, Any]
+def sensitivity_pass(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: list[dict[str, Any]]
                      ) -> dict[str, float]:
-    """Score every linear layer of the decoder with ``method.layer_sensitivity`` (model order)."""
+    """Score every linear layer of the decoder with ``method.layer_sensitivity`` (model order);
+    ``kwargs[i]``: decoder layer i's captured keyword arguments."""
     method, hook, run = mr.method, mr.hook, mr.run
     path, layers = decoder_layers(model)
     scores: dict[str, float] = {}
@@ -41,12 +42,12 @@ def sensitivity_pass(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs
     t0 = time.perf_counter()
     for i, block in enumerate(layers):
         with on_device(block, inps.device):
-            modules = {f"{path}.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-            outs = method.collect(block, modules, inps, kwargs)
+            modules = {f"{path}.{i}.{n}": m for n, m in block_linears(block).items()}
+            outs = method.collect(block, modules, inps, kwargs[i])
             for name, mod in modules.items():
                 scores[name] = float(method.layer_sensitivity(name, mod))
             # full precision, nothing quantized: the collection pass's outputs feed the next block
-            inps = outs if outs is not None else run_block(block, inps, kwargs)
+            inps = outs if outs is not None else run_block(block, inps, kwargs[i])
         hook.harness_phase_advance(run=run, phase="sensitivity", advance=1)
     hook.harness_phase_end(run=run, phase="sensitivity", seconds=time.perf_counter() - t0)
     return scores
@@ -68,7 +69,7 @@ def read_cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     return stored if stored.get("key") == json.loads(json.dumps(key, default=str)) else None
 
 
-def cached_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: dict[str, Any],
+def cached_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: list[dict[str, Any]],
                          key: dict[str, Any], cache_dir: Path | None) -> dict[str, Any]:
     """Sensitivities from the cache, or computed by ``sensitivity_pass`` and cached (atomically).
 
@@ -88,7 +89,7 @@ def cached_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kw
     return {"scores": stored["scores"], "cached": True, "seconds": stored.get("seconds"), "key": key}
 
 
-def compute_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: dict[str, Any],
+def compute_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: list[dict[str, Any]],
                           key: dict[str, Any], path: Path | None) -> dict[str, Any]:
     """Run ``sensitivity_pass``; store its scores at ``path`` (atomically) unless it is None."""
     t0 = time.perf_counter()

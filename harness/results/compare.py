@@ -20,7 +20,7 @@ from rich.table import Table
 
 from harness.errors import ConfigError
 from harness.results import stats
-from harness.results.records import load_record, load_records, readable
+from harness.results.records import load_record, load_records, readable, task_protocol
 from harness.results.report import REFERENCE_DIR, row_label
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def units(task_metrics: dict[str, Any], is_ppl: bool) -> tuple[Any, ...]:
 
 
 def check_pairable(a: dict[str, Any], b: dict[str, Any], task: str) -> None:
-    pa, pb = a["protocol"].get(task), b["protocol"].get(task)
+    pa, pb = task_protocol(a, task), task_protocol(b, task)
     if pa != pb:
         diff = sorted(k for k in set(pa or {}) | set(pb or {}) if (pa or {}).get(k) != (pb or {}).get(k))
         raise ConfigError(f"cannot pair {a['run_id']} and {b['run_id']} on {task}: their protocols differ "

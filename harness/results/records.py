@@ -26,6 +26,17 @@ SCHEMA_VERSION = 2  # 2: identity (code and data hashes), capabilities, primary 
 PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "pluggy", "datasets", "wandb", "triton")
 
 
+#: protocol fields added after records were published, with the value those records were measured with
+#: (a record without the field reads as having it; tasks/perplexity.py defines the field)
+PROTOCOL_DEFAULTS = {"gptq-ppl-wikitext2": {"bos": "none"}, "gptq-ppl-c4": {"bos": "none"}}
+
+
+def task_protocol(rec: dict[str, Any], task: str) -> dict[str, Any]:
+    """The protocol of ``task`` in a record, with the fields older records lack filled in (``PROTOCOL_DEFAULTS``)."""
+    proto = dict((rec.get("protocol") or {}).get(task) or {})
+    return {**PROTOCOL_DEFAULTS.get(proto.get("name"), {}), **proto}
+
+
 def make_run_id(model: str, method_label: str, identity: dict[str, Any]) -> str:
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", f"{model}__{method_label}").strip("-")
     return f"{slug}__{canonical_hash(identity)[:10]}"

@@ -2,7 +2,9 @@
 
 One table per (model, profile): tables never mix profiles or models. Rows are ``method @ avg
 bits`` (sorted by bits, then method), columns the tasks' primary metrics (ppl ↓, acc ↑), as each task
-declares them (``Task.primary_metric``, kept in the record).
+declares them (``Task.primary_metric``, kept in the record). Nor do columns mix protocols: a column
+is a task under one protocol, and its name carries every protocol field in which the table's records
+of that task differ, and a perplexity BOS other than ``none`` always (``wikitext2 ppl [bos=per_window]``).
 Zero-shot suites add Table-2 columns: each task's chosen metric (acc or acc_norm, in %) and the
 suite mean. Writes ``<results_dir>/tables/<model>__<profile>.{md,tex}`` and ``leaderboard.md``, and prints
 the tables with rich.
@@ -10,6 +12,7 @@ the tables with rich.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 from collections import defaultdict
@@ -22,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.results import stats
-from harness.results.records import load_records
+from harness.results.records import load_records, task_protocol
 from harness.util import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -34,9 +37,10 @@ REFERENCE_DIR = REPO_ROOT / "reference"  # the measurements the project publishe
 class Column:
     """One table column: a task's (or a suite member's) primary metric, with its direction and format."""
 
-    name: str  # e.g. "wikitext2 ppl", "piqa acc", "zeroshot mean"
+    name: str  # e.g. "wikitext2 ppl", "piqa acc", "zeroshot mean", "wikitext2 ppl [bos=per_window]"
     lower_is_better: bool
     percent: bool
+    suite_mean: bool = False  # a zero-shot suite's mean (Table 2's last column)
 
     def fmt(self, value: float | None) -> str:
         if value is None:
@@ -131,25 +135,48 @@ def _suite_cell(m: dict[str, Any]) -> Cell:
     return Cell(float(m["mean"]), half, raw, "score" if raw else "", units or "")
 
 
-def cells_of(rec: dict[str, Any], declared: dict[str, dict[str, Any]]) -> list[tuple[Column, Cell]]:
+def protocol_tags(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """``(run_id, task) → tag`` for the column names of one table: the protocol fields (``name`` aside)
+    in which the records of that task differ, and ``bos`` whenever it is not ``none``; "" for none."""
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rec in records:
+        for task in rec["metrics"]:
+            by_task[task].append(rec)
+    tags = {}
+    for task, recs in by_task.items():
+        protos = [task_protocol(r, task) for r in recs]
+        fields = sorted({k for p in protos for k in p} - {"name"})
+        differ = [k for k in fields if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in protos}) > 1]
+        for rec, proto in zip(recs, protos, strict=True):
+            shown = differ + (["bos"] if proto.get("bos", "none") != "none" and "bos" not in differ else [])
+            tags[(rec["run_id"], task)] = ", ".join(f"{k}={proto.get(k)}" for k in shown)
+    return tags
+
+
+def cells_of(rec: dict[str, Any], declared: dict[str, dict[str, Any]],
+             tags: dict[tuple[str, str], str] | None = None) -> list[tuple[Column, Cell]]:
     """(column, cell) pairs of one record. The record's own ``primary`` (schema 2) says which metric
     each task shows and its direction; older records use the registered task's declaration. A suite
     (``zeroshot``: per-task metrics under ``tasks``) gives one column per member task, with the metric
-    the suite chose for it, then ``<suite> mean`` (Table 2)."""
+    the suite chose for it, then ``<suite> mean`` (Table 2). ``tags`` (``protocol_tags``) name the
+    protocol in the column (default: this record alone, i.e. only a BOS other than ``none``)."""
+    tags = protocol_tags([rec]) if tags is None else tags
     out = []
     for task, m in rec["metrics"].items():
         prim = (rec.get("primary") or {}).get(task) or declared.get(task)
         if prim is None:
             continue  # a task this harness does not know and the record does not describe
         lower, pct = bool(prim["lower_is_better"]), bool(prim["percent"])
+        tag = tags.get((rec["run_id"], task))
+        suffix = f" [{tag}]" if tag else ""
         for sub, sm in (m.get("tasks") or {}).items():
             if isinstance(sm.get(sm.get("metric")), (int, float)):
-                out.append((Column(f"{sub} {sm['metric']}", lower, pct), _cell(sm, sm["metric"])))
+                out.append((Column(f"{sub} {sm['metric']}{suffix}", lower, pct), _cell(sm, sm["metric"])))
         metric = m.get("metric") if isinstance(m.get(m.get("metric")), (int, float)) else prim["metric"]
         if metric == "mean" and "tasks" in m:
-            out.append((Column(f"{task} mean", lower, pct), _suite_cell(m)))
+            out.append((Column(f"{task} mean{suffix}", lower, pct, suite_mean=True), _suite_cell(m)))
         elif isinstance(m.get(metric), (int, float)):
-            out.append((Column(f"{task} {metric}", lower, pct), _cell(m, metric)))
+            out.append((Column(f"{task} {metric}{suffix}", lower, pct), _cell(m, metric)))
     return out
 
 
@@ -227,6 +254,7 @@ def build_tables(records: list[dict[str, Any]], declared: dict[str, dict[str, An
     tables = {}
     for key, recs in groups.items():
         recs.sort(key=lambda r: r.get("finished", ""))
+        tags = protocol_tags(recs)
         columns: list[Column] = []
         rows: dict[tuple[str, float], dict[str, dict[Column, Cell]]] = {}
         meta: dict[tuple[str, float], dict[str, Any]] = {}
@@ -238,13 +266,13 @@ def build_tables(records: list[dict[str, Any]], declared: dict[str, dict[str, An
             info = meta.setdefault(row, {"family": rec["method"]["name"], "group": bit_group(bits), "records": []})
             info["effective_bits"] = round(float(q.get("avg_bits_with_overhead", bits)), 3)
             info["records"].append(rec)
-            for col, cell in cells_of(rec, declared):
+            for col, cell in cells_of(rec, declared, tags):
                 if not selection.keeps_column(col):
                     continue
                 if col not in columns:
                     columns.append(col)
                 cells[col] = cell
-        columns.sort(key=lambda c: (not c.lower_is_better, c.name.endswith(" mean")))  # ppl | accuracies | means
+        columns.sort(key=lambda c: (not c.lower_is_better, c.suite_mean))  # ppl | accuracies | means
         merged = {row: _merge_seeds(per_seed) for row, per_seed in rows.items()}
         tables[key] = {"columns": columns, "meta": meta,
                        "rows": [(lbl, b, merged[(lbl, b)]) for lbl, b in order_rows(merged, columns, selection.order)]}
@@ -431,8 +459,8 @@ def leaderboard(tables: dict[tuple[str, str], dict[str, Any]]) -> str:
             means = {(lbl, b): sum(cells[c].value for c in ppl_cols) / len(ppl_cols)
                      for lbl, b, cells in table["rows"] if all(c in cells for c in ppl_cols)}
             figures.append(("Mean ppl ↓", True, means))
-        for col in (c for c in table["columns"] if c.name.endswith(" mean")):
-            figures.append((f"{col.name.removesuffix(' mean')} mean accuracy ↑", False,
+        for col in (c for c in table["columns"] if c.suite_mean):
+            figures.append((f"{col.name.replace(' mean', '', 1)} mean accuracy ↑", False,
                             {(lbl, b): cells[col].value for lbl, b, cells in table["rows"] if col in cells}))
         for name, lower, values in figures:
             if not values:
