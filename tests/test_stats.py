@@ -105,7 +105,7 @@ def test_tables_show_intervals_aggregate_seeds_and_mark_the_baseline():
     assert rows["Same"][col].not_different and not rows["RTN"][col].not_different
     md = to_markdown("t", table, "FP16")
     half = (recs[3]["metrics"]["wikitext2"]["ppl_ci"]["high"] - recs[3]["metrics"]["wikitext2"]["ppl_ci"]["low"]) / 2
-    assert f"| RTN | 4 | {recs[3]['metrics']['wikitext2']['ppl']:.2f} ± {half:.2g} |" in md
+    assert f"| RTN | 4 | 4 | {recs[3]['metrics']['wikitext2']['ppl']:.2f} ± {half:.2g} |" in md
     assert "(n=3)" in md and "≈" in md and "GPTQ, seeds 0, 1, 2: wikitext2 ppl" in md
     assert "$\\pm$" in to_latex("t", table)
 
@@ -115,7 +115,7 @@ def test_records_without_raw_results_render_with_a_dash():
     m = rec["metrics"]["wikitext2"]
     del m["ppl_ci"], m["window_nll"]
     ((_, table),) = build_tables([rec], declared={}).items()
-    assert f"| Old | 4 | **{m['ppl']:.2f} ± –** |" in to_markdown("t", table)  # the best (only) row: bold
+    assert f"| Old | 4 | 4 | {m['ppl']:.2f} ± – |" in to_markdown("t", table)
 
 
 def test_compare_pairs_two_runs_and_refuses_what_does_not_pair(tiny_cfg, tmp_path):
