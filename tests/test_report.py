@@ -118,3 +118,16 @@ def test_the_html_page_sorts_and_filters_in_a_headless_browser(rendered, tmp_pat
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
     assert shot.stat().st_size > 10_000
+
+
+def test_a_sweep_logs_its_runs_and_its_plots_to_one_wandb_group(tmp_path, run_cli):
+    res = run_cli("harness", "-m", "model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2",
+                  "task=[wikitext2]", "wandb.mode=offline", f"results_dir={tmp_path}", "method=fp16,rtn")
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3  # two runs and the report
+    logs = [next(r.glob("*.wandb")).read_bytes() for r in runs]
+    report = [b for b in logs if b"plots/tiny-llama__quick/wikitext2 ppl" in b]
+    assert len(report) == 1 and b"report" in report[0]
+    group = str(next((tmp_path / "multirun").glob("*/*")).as_posix()).encode()
+    assert all(group in b for b in logs), group

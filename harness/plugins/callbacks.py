@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,10 @@ class RenderTables(Callback):
         from harness.results.report import render
 
         try:
-            written = render(Path(config.results_dir), layout=config.get("report_layout"))
+            wandb = OmegaConf.to_container(config.wandb, resolve=True) if "wandb" in config else None
+            if wandb is not None and not wandb.get("group") and "hydra" in config:
+                wandb["group"] = Path(config.hydra.sweep.dir).as_posix()  # the sweep's runs' group (cli.py)
+            written = render(Path(config.results_dir), layout=config.get("report_layout"), wandb=wandb)
             log.info("tables: %s", ", ".join(str(p) for p in written.values()))
         except Exception as err:  # noqa: BLE001 - the runs and their records are already safe
             log.warning("rendering tables failed (%s: %s); run python -m harness.report", type(err).__name__, err)

@@ -90,3 +90,28 @@ def plot_table(table: dict[str, Any], folder: Path, stem: str, title: str) -> di
         for path in plot_column(table, col, f"{title}: {col.name}", folder / f"{stem}__{name}"):
             out[f"{col.name} {path.suffix[1:]}"] = path
     return out
+
+
+def log_to_wandb(figures: dict[tuple[str, str], dict[str, Path]], results_dir: Path, settings: dict[str, Any]
+                 ) -> str | None:
+    """Log every PNG plot to one W&B run (``job_type=report``, the sweep's group when there is one);
+    returns the run's id, or None when W&B is disabled or fails (the files are already written)."""
+    if settings.get("mode", "offline") == "disabled" or not figures:
+        return None
+    try:
+        import wandb
+
+        run = wandb.init(project=settings.get("project", "quant-harness"), entity=settings.get("entity"),
+                         mode=settings.get("mode", "offline"), dir=str(results_dir), group=settings.get("group"),
+                         job_type="report", name="report", reinit="finish_previous",
+                         settings=wandb.Settings(quiet=True))
+        run.log({f"plots/{model}__{profile}/{key.removesuffix(' png')}": wandb.Image(str(path))
+                 for (model, profile), paths in figures.items() for key, path in paths.items()
+                 if key.endswith(" png")})
+        run.finish()
+        return run.id
+    except Exception as err:  # noqa: BLE001 - plots on disk are the result; W&B is a copy
+        import logging
+
+        logging.getLogger(__name__).warning("W&B logging of the plots failed (%s: %s)", type(err).__name__, err)
+        return None

@@ -505,13 +505,14 @@ def console_table(title: str, table: dict[str, Any], width: int) -> Table:
 
 def render(results_dir: Path, console: Console | None = None, baseline: str | None = None,
            selection: Selection | None = None, out_dir: Path | None = None, plots: bool = True,
-           layout: str | None = None) -> dict[str, Path]:
+           layout: str | None = None, wandb: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write tables (Markdown, LaTeX), plots, the leaderboard and ``index.html`` for the records under
     ``results_dir`` into ``out_dir`` (default ``results_dir/tables``); return the files written.
 
     ``baseline`` (a row label or glob): cells not significantly different from that row's are marked ≈.
     ``layout`` (``aptq_table1`` | ``aptq_table2``): also the paper's table, in its layout, with the
-    paper's own figures beside the measured rows.
+    paper's own figures beside the measured rows. ``wandb`` (the config's W&B settings): also log
+    the plots to a W&B run of the sweep's group.
     """
     from harness.results import html, paper
     from harness.results import plots as plotting
@@ -543,6 +544,8 @@ def render(results_dir: Path, console: Console | None = None, baseline: str | No
     if layout:
         for name, text in paper.render_layout(layout, tables).items():
             write(name, text)
+    if wandb:
+        plotting.log_to_wandb(figures, results_dir, wandb)
     write("leaderboard.md", leaderboard(tables))
     write("index.html", html.page(tables, figures))
     if not tables:
@@ -566,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layout", default=None, choices=["aptq_table1", "aptq_table2"],
                     help="also render the paper's table in its layout, the paper's own figures beside")
     ap.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
+    ap.add_argument("--wandb", default=None, choices=["offline", "online"], help="also log the plots to W&B")
     args = ap.parse_args(argv)
     if args.reference and args.results_dir:
         ap.error("give a results_dir or --reference, not both")
@@ -575,7 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     selection = Selection(split(args.models), split(args.methods), split(args.tasks), args.order)
     try:
         written = render(folder, baseline=args.baseline, selection=selection, plots=not args.no_plots,
-                         layout=args.layout)
+                         layout=args.layout, wandb={"mode": args.wandb} if args.wandb else None)
     except ValueError as err:
         log.error("%s", err)
         raise SystemExit(2) from None
