@@ -134,7 +134,8 @@ class WikiText2(_Perplexity):
     corpus = "wikitext2_test"
 
     def text_windows(self, text: Corpus, tokenizer, length: int, special_tokens: bool) -> torch.Tensor:
-        return sequential_windows(joined_ids(text, tokenizer, special_tokens), length, self.config.n_windows)
+        ids = joined_ids(text, tokenizer, special_tokens, cache_dir=self.env.cache_dir)
+        return sequential_windows(ids, length, self.config.n_windows)
 
 
 class C4(_Perplexity):

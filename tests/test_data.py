@@ -4,9 +4,16 @@ import pytest
 import torch
 
 from harness.errors import ConfigError
-from harness.inputs.data import ENV_VAR, load_corpus, resolve_data_dir
+from harness.inputs.data import ENV_VAR, Corpus, load_corpus, resolve_data_dir
 from harness.inputs.model import load_tokenizer
-from harness.inputs.windows import CalibrationSpec, calibration_windows, random_doc_windows, sequential_windows
+from harness.inputs.windows import (
+    CalibrationSpec,
+    calibration_windows,
+    encode,
+    joined_ids,
+    random_doc_windows,
+    sequential_windows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +88,17 @@ def test_calibration_is_cached_and_seeded(data_dir, tokenizer, tmp_path):
     assert w.shape == (4, 128) and info["corpus"] == "wikitext2_valid"
     with pytest.raises(ConfigError, match="calibration.source='wikitext2_test' is unknown"):
         CalibrationSpec(source="wikitext2_test")
+
+
+def test_joined_ids_are_cached_by_text_and_tokenizer(data_dir, tokenizer, tmp_path):
+    rows = load_corpus("wikitext2_valid", data_dir).docs[:400]
+    text = Corpus("wikitext2_valid", rows, "test")
+    fresh = encode(tokenizer, "\n\n".join(rows))
+    assert torch.equal(joined_ids(text, tokenizer, cache_dir=tmp_path), fresh)  # computed, then cached
+    (entry,) = (tmp_path / "tokens").glob("*.pt")
+    assert torch.equal(joined_ids(text, tokenizer, cache_dir=tmp_path), fresh)  # read back: same ids
+    edited = Corpus("wikitext2_valid", [rows[0] + " x", *rows[1:]], "test")
+    assert not torch.equal(joined_ids(edited, tokenizer, cache_dir=tmp_path), fresh)  # another text: its own entry
+    plain = joined_ids(text, tokenizer, special_tokens=False, cache_dir=tmp_path)
+    assert torch.equal(plain, encode(tokenizer, "\n\n".join(rows), special_tokens=False))
+    assert len(list((tmp_path / "tokens").glob("*.pt"))) == 3 and entry.exists()

@@ -83,8 +83,31 @@ def random_text_windows(ids: torch.Tensor, n: int, seqlen: int, seed: int) -> to
     return torch.stack(out)
 
 
-def joined_ids(corpus: Corpus, tokenizer, special_tokens: bool = True) -> torch.Tensor:
-    return encode(tokenizer, "\n\n".join(corpus.docs), special_tokens)
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of the tokenizer's full definition (vocabulary, merges, normalizer, special tokens) where
+    it is a fast tokenizer; otherwise of its name and vocabulary size."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    src = backend.to_str() if backend is not None else f"{tokenizer.name_or_path}:{len(tokenizer)}"
+    return hashlib.sha256(src.encode()).hexdigest()
+
+
+def joined_ids(corpus: Corpus, tokenizer, special_tokens: bool = True, cache_dir: Path | None = None) -> torch.Tensor:
+    """1-D token ids of the rows joined with "\\n\\n" (GPTQ's WikiText-2 text).
+
+    With ``cache_dir`` the ids are kept in ``cache_dir/tokens``, keyed by the text's and the tokenizer's
+    SHA-256: tokenizing WikiText-2 test takes seconds, and every run of a sweep needs the same ids."""
+    if cache_dir is None:
+        return encode(tokenizer, "\n\n".join(corpus.docs), special_tokens)
+    key_src = json.dumps({"text": corpus.sha256(), "tokenizer": tokenizer_fingerprint(tokenizer),
+                          "special_tokens": special_tokens}, sort_keys=True)
+    path = Path(cache_dir) / "tokens" / f"{corpus.name}-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.pt"
+    if not path.is_file():
+        with cache_lock(path):
+            if not path.is_file():
+                ids = encode(tokenizer, "\n\n".join(corpus.docs), special_tokens)
+                with atomic_output(path) as tmp:
+                    torch.save(ids, tmp)
+    return torch.load(path)
 
 
 @dataclass(frozen=True)
