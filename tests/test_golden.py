@@ -41,8 +41,6 @@ def test_default_model_golden_perplexities(ppl):
     assert fp16 == pytest.approx(FP16_WIKITEXT2_QUICK, rel=2e-4)
     rtn4 = ppl("method=rtn", "bits=4")
     assert rtn4 == pytest.approx(RTN4_WIKITEXT2_QUICK, rel=2e-4)
-    rtn3 = ppl("method=rtn", "bits=3")
-    assert fp16 < rtn4 < rtn3
 
 
 @pytest.mark.slow
