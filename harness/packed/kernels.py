@@ -339,3 +339,34 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
             _gemm_kernel[grid](x, qweight, scales, zeros, out, M, N, K, x.stride(0), out.stride(0), mb,
                                **common, **cfg.meta(False), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+_PTRS = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", out_ptr="*fp16")
+
+
+def sass_configs(kernel: str, bits: int, group: int, quick: bool = False):
+    """Configurations for ``benchmarks/kernel_sass.py``: (jit fn, arg types, constexprs, warps, stages, bits,
+    group, K step of one main-loop iteration, BLOCK_N) for fp16 activations. ``quick``: the launch default only.
+    Split-K changes only the epilogue, so the main loop is compiled at SPLIT_K = 1."""
+    gemv = kernel == "gemv"
+    if quick:
+        d = _fit(DEFAULT_GEMV if gemv else DEFAULT_GEMM, group)
+        space = [(d.block_m, d.block_n, d.block_k, d.num_warps, d.num_stages)]
+    else:
+        space = []
+        for c in _gemv_configs() if gemv else _gemm_configs():
+            kw = c.kwargs
+            bk = min(kw["BLOCK_K"], group) if group else kw["BLOCK_K"]
+            key = (kw.get("BLOCK_M", 1), kw["BLOCK_N"], bk, c.num_warps, c.num_stages)
+            if key not in space:
+                space.append(key)
+    for bm, bn, bk, w, stages in space:
+        ce = dict(BITS=bits, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1)
+        if gemv:
+            types = {**_PTRS, "N": "i32", "K": "i32", "M_BUCKET": "i32"}
+            yield _gemv_kernel, types, ce, w, stages, bits, group, group or bk, bn
+        else:
+            types = {**_PTRS, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
+                     "M_BUCKET": "i32"}
+            ce.update(BLOCK_M=bm, GROUP_M=8, DOT_F32=False)
+            yield _gemm_kernel, types, ce, w, stages, bits, group, bk, bn
