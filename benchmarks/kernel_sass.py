@@ -27,6 +27,9 @@ instructions per weight and moves ``B`` bytes per weight (packed codes plus the 
 its group) cannot stream weights faster than ``B · rate / I`` bytes/s; printed as a fraction of
 ``--bandwidth`` (default 4.3 TB/s, what an H200 reaches in a copy), capped at 1.
 
+Pointers and the integer arguments N, K and the row strides are compiled as multiples of 16, as Triton
+specializes a launch on 16-aligned buffers and shapes (every LLaMA layer); M is not.
+
 *Registers*, *stack* and *spills*: ``REG`` and ``STACK`` from ``cuobjdump -res-usage``; spills are the
 local-memory instructions (``STL``/``LDL``) anywhere in the kernel.
 
@@ -55,6 +58,7 @@ import triton.language as tl  # noqa: E402
 
 ISSUE_RATE = 132 * 4 * 32 * 1.98e9  # thread-instructions / s, H200
 BANDWIDTH = 4.3e12  # bytes / s
+ALIGNED = ("N", "K", "stride_xm", "stride_om")  # integer arguments compiled as multiples of 16
 LOAD_OPS = ("LDG", "LDGSTS", "UTMALDG", "UBLKCP")
 INSTR_RE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(\S*)\s*(.*?);")
 LABEL_RE = re.compile(r"^(\.L_x_\d+):")
@@ -172,7 +176,10 @@ def compile_sm90(fn, types: dict, constexprs: dict, num_warps: int, num_stages: 
     from triton.compiler import ASTSource
 
     sig = {a: ("constexpr" if a in constexprs else types[a]) for a in fn.arg_names}
-    return triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", 90, 32),
+    # What a launch on 16-aligned buffers and shapes (every LLaMA layer) specializes on: divisible by 16.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
+             if a not in constexprs and (types[a].startswith("*") or a in ALIGNED)}
+    return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 
 
