@@ -30,6 +30,9 @@ its group) cannot stream weights faster than ``B · rate / I`` bytes/s; printed 
 Pointers and the integer arguments N, K and the row strides are compiled as multiples of 16, as Triton
 specializes a launch on 16-aligned buffers and shapes (every LLaMA layer); M is not.
 
+*Paper time per weight*: ``max(B / bandwidth, I / rate)``, the bound the slower of the two sets; for
+M ≥ 2 it is compared with the fp16 reference's (whose 2 bytes per weight make it memory-bound).
+
 *Registers*, *stack* and *spills*: ``REG`` and ``STACK`` from ``cuobjdump -res-usage``; spills are the
 local-memory instructions (``STL``/``LDL``) anywhere in the kernel.
 
@@ -96,6 +99,7 @@ class Row:
     spill_instructions: int
     bytes_per_weight: float
     ceiling: float  # fraction of the stated bandwidth the issue rate allows (≤ 1)
+    paper_ps_per_weight: float  # max(bytes / bandwidth, instructions / issue rate) per weight, picoseconds
     breakdown: dict
 
 
@@ -195,7 +199,8 @@ def measure(kernel: str, fn, types, constexprs, num_warps, num_stages, bits, gro
     spills = sum(op in ("STL", "LDL") for op, _ in instrs)
     return Row(kernel, bits, group, {k: v for k, v in constexprs.items() if k.isupper()}, num_warps, num_stages,
                len(body), weights, round(ipw, 4), regs, stack, spills, bpw,
-               round(min(1.0, bpw * issue_rate / ipw / bandwidth), 4), breakdown(body))
+               round(min(1.0, bpw * issue_rate / ipw / bandwidth), 4),
+               round(1e12 * max(bpw / bandwidth, ipw / issue_rate), 4), breakdown(body))
 
 
 def quant_jobs(kernels: list[str], bits_list: list[int], groups: list[int], quick: bool):
@@ -218,11 +223,12 @@ def fp16_jobs(quick: bool):
 def fmt(r: Row) -> str:
     cfg = " ".join(f"{k}={v}" for k, v in r.config.items() if k not in ("BITS", "GROUP", "GROUP_M", "DOT_F32"))
     return (f"{r.kernel:<10} {r.bits:>4} {r.group or 'pc':>5} {cfg:<44} {r.num_warps:>2} {r.num_stages:>2} "
-            f"{r.instr_per_weight:>8.2f} {r.registers:>4} {r.spill_instructions:>5} {100 * r.ceiling:>7.1f}%")
+            f"{r.instr_per_weight:>8.2f} {r.registers:>4} {r.spill_instructions:>5} {100 * r.ceiling:>7.1f}% "
+            f"{r.paper_ps_per_weight:>7.3f}")
 
 
 HEADER = (f"{'kernel':<10} {'bits':>4} {'group':>5} {'config':<44} {'w':>2} {'st':>2} {'instr/w':>8} {'regs':>4} "
-          f"{'spill':>5} {'ceiling':>8}")
+          f"{'spill':>5} {'ceiling':>8} {'ps/w':>7}")
 
 
 def print_table(rows: list[Row], bandwidth: float) -> None:

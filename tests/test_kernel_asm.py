@@ -133,3 +133,20 @@ def test_fixups_give_q_minus_z_exactly(bits):
             pairs = _pairs(one, bits) * 2
             (y,) = run_ptx(K.dot_asm(bits)[0], [*words, *zc, *pairs], 1)
             assert y == 2 * P * (q - z)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_unpack_asm_pairs_are_q_minus_z_in_lane_order(bits):
+    """The GEMM's ``unpack_asm``: pair p holds (q[p] − z, q[p + P/2] − z) in its (lo, hi) fp16 lanes."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    P = 32 // bits
+    for _ in range(20):
+        codes = rng.integers(0, 2**bits, size=(1, P))
+        z = int(rng.integers(0, 2**bits))
+        (word,) = [int(w) & M32 for w in pack_codes(torch.tensor(codes, dtype=torch.uint8), bits).flatten().tolist()]
+        zc = run_ptx(K.zero_asm(bits)[0], [int(np.float16(z).view(np.uint16))], 8 // bits)
+        pairs = run_ptx(K.unpack_asm(bits)[0], [word, *zc], P // 2)
+        for p, h in enumerate(pairs):
+            assert list(_lanes(h)) == [codes[0, p] - z, codes[0, p + P // 2] - z]

@@ -119,6 +119,35 @@ def zero_asm(bits: int) -> tuple[str, str]:
     return "\n".join(lines), ",".join(["=r"] * F + ["r"])
 
 
+def unpack_asm(bits: int) -> tuple[str, str]:
+    """PTX: one packed word → its P/2 pairs of q − z as half2 (``$0 … $(P/2 − 1)``), from ``$(P/2)`` = the
+    word and the F zero constants of ``zero_asm``: ``dot_asm``'s lop3 + fix-up without the multiply.
+    Pair p holds (k = p, k = p + P/2) of the word in its (lo, hi) lanes."""
+    P = 32 // bits
+    F = 8 // bits
+    field = (1 << bits) - 1
+    w = f"${P // 2}"
+    lines = ["{", ".reg .b32 t, h, sc;"]
+    for s in range(2):
+        src = w
+        if s:
+            lines.append(f"shr.u32 t, {w}, 8;")
+            src = "t"
+        for i in range(F):
+            p = F * s + i
+            mask = (field << (bits * i)) * 0x00010001
+            lines.append(f"lop3.b32 h, {src}, 0x{mask:08X}, 0x64006400, 0xEA;")
+            z = f"${P // 2 + 1 + i}"
+            if i == 0:
+                lines.append(f"add.f16x2 ${p}, h, {z};")
+            else:
+                lines += [f"mov.b32 sc, {_f16x2(2.0 ** (-bits * i))};", f"fma.rn.f16x2 ${p}, h, sc, {z};"]
+    lines.append("}")
+    return "\n".join(lines), ",".join(["=r"] * (P // 2) + ["r"] * (1 + F))
+
+
+_UNPACK4_ASM, _UNPACK4_CON = (tl.constexpr(v) for v in unpack_asm(4))
+_UNPACK2_ASM, _UNPACK2_CON = (tl.constexpr(v) for v in unpack_asm(2))
 _DOT4_ASM, _DOT4_CON = (tl.constexpr(v) for v in dot_asm(4))
 _DOT2_ASM, _DOT2_CON = (tl.constexpr(v) for v in dot_asm(2))
 _ZERO4_ASM = tl.constexpr(zero_asm(4)[0])
@@ -129,7 +158,7 @@ _PRMT_ASM = tl.constexpr("prmt.b32 $0, $2, $3, 0x5410;\nprmt.b32 $1, $2, $3, 0x7
 
 
 @triton.jit
-def _xpairs(X_ptr, rows, KW, BITS: tl.constexpr, EVEN: tl.constexpr):
+def _xpairs(X_ptr, rows, KW, BITS: tl.constexpr, EVEN: tl.constexpr, PTX: tl.constexpr):
     """Activation pairs of word rows ``rows`` (R,) as half2 bit patterns, for ``dot_asm``.
 
     ``X_ptr`` views x as int32 words X[m] = (x[2m], x[2m+1]) (lo, hi). Pair p of word row j is
@@ -145,24 +174,27 @@ def _xpairs(X_ptr, rows, KW, BITS: tl.constexpr, EVEN: tl.constexpr):
     else:
         xa = tl.load(X_ptr + offs, mask=(rows < KW)[:, None], other=0)
         xb = tl.load(X_ptr + offs + Q, mask=(rows < KW)[:, None], other=0)
-    return tl.inline_asm_elementwise(_PRMT_ASM, "=r,=r,r,r", [xa, xb], dtype=(tl.int32, tl.int32), is_pure=True,
-                                     pack=1)
+    if PTX:
+        return tl.inline_asm_elementwise(_PRMT_ASM, "=r,=r,r,r", [xa, xb], dtype=(tl.int32, tl.int32), is_pure=True,
+                                         pack=1)
+    else:  # the interpreter: the same bit patterns with integer ops
+        return (xa & 0xFFFF) | (xb << 16), ((xa >> 16) & 0xFFFF) | (xb & -65536)
 
 
 @triton.jit
-def _pairs4(X_ptr, rows, KW, EVEN: tl.constexpr):
+def _pairs4(X_ptr, rows, KW, EVEN: tl.constexpr, PTX: tl.constexpr):
     """The 4 activation pairs of 4-bit word rows ``rows`` (R,), each (R, 1) int32 (half2), in pair order."""
-    lo, hi = _xpairs(X_ptr, rows, KW, 4, EVEN)  # (R, 2): pairs 2a, 2a + 1
+    lo, hi = _xpairs(X_ptr, rows, KW, 4, EVEN, PTX)  # (R, 2): pairs 2a, 2a + 1
     p0, p2 = tl.split(lo)
     p1, p3 = tl.split(hi)
     return p0[:, None], p1[:, None], p2[:, None], p3[:, None]
 
 
 @triton.jit
-def _pairs2(X_ptr, rows, KW, EVEN: tl.constexpr):
+def _pairs2(X_ptr, rows, KW, EVEN: tl.constexpr, PTX: tl.constexpr):
     """The 8 activation pairs of 2-bit word rows ``rows`` (R,), each (R, 1) int32 (half2), in pair order."""
     R: tl.constexpr = rows.shape[0]
-    lo, hi = _xpairs(X_ptr, rows, KW, 2, EVEN)  # (R, 4): pairs 2a, 2a + 1
+    lo, hi = _xpairs(X_ptr, rows, KW, 2, EVEN, PTX)  # (R, 4): pairs 2a, 2a + 1
     l0, l1 = tl.split(tl.reshape(lo, (R, 2, 2)))  # a = 2·a1 + a0; l0: a0 = 0 (a = 0, 2)
     h0, h1 = tl.split(tl.reshape(hi, (R, 2, 2)))
     p0, p4 = tl.split(l0)
@@ -189,21 +221,81 @@ def _zero_consts(z, BITS: tl.constexpr):
 
 
 @triton.jit
-def _dot_words_asm(X_ptr, w_e, w_o, rows_e, KW, zc, BITS: tl.constexpr, EVEN: tl.constexpr):
-    """Σ x·(q − z) over the word rows ``rows_e`` (R,) and ``rows_e + 1`` → (R, BLOCK_N) fp32 (``dot_asm``)."""
-    if BITS == 4:
-        e0, e1, e2, e3 = _pairs4(X_ptr, rows_e, KW, EVEN)
-        o0, o1, o2, o3 = _pairs4(X_ptr, rows_e + 1, KW, EVEN)
-        z0, z1 = zc
-        return tl.inline_asm_elementwise(_DOT4_ASM, _DOT4_CON, [w_e, w_o, z0, z1, e0, e1, e2, e3, o0, o1, o2, o3],
-                                         dtype=tl.float32, is_pure=True, pack=1)
+def _zeros_for(z, BITS: tl.constexpr, PTX: tl.constexpr):
+    """The zero constants the PTX needs (``_zero_consts``), or z itself for the pure-Triton paths."""
+    if PTX:
+        return _zero_consts(z, BITS)
     else:
-        e0, e1, e2, e3, e4, e5, e6, e7 = _pairs2(X_ptr, rows_e, KW, EVEN)
-        o0, o1, o2, o3, o4, o5, o6, o7 = _pairs2(X_ptr, rows_e + 1, KW, EVEN)
-        z0, z1, z2, z3 = zc
-        return tl.inline_asm_elementwise(
-            _DOT2_ASM, _DOT2_CON, [w_e, w_o, z0, z1, z2, z3, e0, e1, e2, e3, e4, e5, e6, e7,
-                                   o0, o1, o2, o3, o4, o5, o6, o7], dtype=tl.float32, is_pure=True, pack=1)
+        return z
+
+
+@triton.jit
+def _half_lanes(h):
+    """int32 half2 bit patterns → (lo, hi) lanes as fp32."""
+    lo = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    hi = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return lo, hi
+
+
+@triton.jit
+def _codes_of_pair(w, p: tl.constexpr, BITS: tl.constexpr):
+    """The two codes of pair p of words w, (k = p, k = p + P/2), as fp32 (the interpreter's ``lop3``)."""
+    P: tl.constexpr = 32 // BITS
+    MAXQ: tl.constexpr = (1 << BITS) - 1
+    wu = w.to(tl.uint32, bitcast=True)
+    return ((wu >> (BITS * p)) & MAXQ).to(tl.float32), ((wu >> (BITS * (p + P // 2))) & MAXQ).to(tl.float32)
+
+
+@triton.jit
+def _pair_mac(w, xp, zf, p: tl.constexpr, BITS: tl.constexpr):
+    """One pair of ``dot_asm`` in pure Triton: x[p]·(q[p] − z) + x[p + P/2]·(q[p + P/2] − z), fp32."""
+    q_lo, q_hi = _codes_of_pair(w, p, BITS)
+    x_lo, x_hi = _half_lanes(xp)
+    return x_lo * (q_lo - zf) + x_hi * (q_hi - zf)
+
+
+@triton.jit
+def _dot4_emul(w_e, w_o, zf, e0, e1, e2, e3, o0, o1, o2, o3):
+    acc = _pair_mac(w_e, e0, zf, 0, 4) + _pair_mac(w_e, e1, zf, 1, 4) + _pair_mac(w_e, e2, zf, 2, 4)
+    acc += _pair_mac(w_e, e3, zf, 3, 4) + _pair_mac(w_o, o0, zf, 0, 4) + _pair_mac(w_o, o1, zf, 1, 4)
+    return acc + _pair_mac(w_o, o2, zf, 2, 4) + _pair_mac(w_o, o3, zf, 3, 4)
+
+
+@triton.jit
+def _dot2_emul(w, zf, x0, x1, x2, x3, x4, x5, x6, x7):
+    acc = _pair_mac(w, x0, zf, 0, 2) + _pair_mac(w, x1, zf, 1, 2) + _pair_mac(w, x2, zf, 2, 2)
+    acc += _pair_mac(w, x3, zf, 3, 2) + _pair_mac(w, x4, zf, 4, 2) + _pair_mac(w, x5, zf, 5, 2)
+    return acc + _pair_mac(w, x6, zf, 6, 2) + _pair_mac(w, x7, zf, 7, 2)
+
+
+@triton.jit
+def _dot_words_half2(X_ptr, w_e, w_o, rows_e, KW, zc, z, BITS: tl.constexpr, EVEN: tl.constexpr,
+                     PTX: tl.constexpr):
+    """Σ x·(q − z) over the word rows ``rows_e`` (R,) and ``rows_e + 1`` → (R, BLOCK_N) fp32 (``dot_asm``).
+
+    PTX = 0 (the interpreter) computes the same pairs from the same activation-pair bit patterns in fp32
+    (``_pair_mac``), so the CPU tests check the pairing and order that the PTX relies on."""
+    if BITS == 4:
+        e0, e1, e2, e3 = _pairs4(X_ptr, rows_e, KW, EVEN, PTX)
+        o0, o1, o2, o3 = _pairs4(X_ptr, rows_e + 1, KW, EVEN, PTX)
+        if PTX:
+            z0, z1 = zc
+            return tl.inline_asm_elementwise(_DOT4_ASM, _DOT4_CON, [w_e, w_o, z0, z1, e0, e1, e2, e3, o0, o1, o2, o3],
+                                             dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            return _dot4_emul(w_e, w_o, z.to(tl.float32), e0, e1, e2, e3, o0, o1, o2, o3)
+    else:
+        e0, e1, e2, e3, e4, e5, e6, e7 = _pairs2(X_ptr, rows_e, KW, EVEN, PTX)
+        o0, o1, o2, o3, o4, o5, o6, o7 = _pairs2(X_ptr, rows_e + 1, KW, EVEN, PTX)
+        if PTX:
+            z0, z1, z2, z3 = zc
+            return tl.inline_asm_elementwise(
+                _DOT2_ASM, _DOT2_CON, [w_e, w_o, z0, z1, z2, z3, e0, e1, e2, e3, e4, e5, e6, e7,
+                                       o0, o1, o2, o3, o4, o5, o6, o7], dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            zf = z.to(tl.float32)
+            return (_dot2_emul(w_e, zf, e0, e1, e2, e3, e4, e5, e6, e7)
+                    + _dot2_emul(w_o, zf, o0, o1, o2, o3, o4, o5, o6, o7))
 
 
 @triton.jit
@@ -223,14 +315,15 @@ def _dot_words_ref(x_ptr, w, rows, K, z, BITS: tl.constexpr):
 @triton.jit
 def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M_BUCKET,
                  BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr):
+                 SPLIT_K: tl.constexpr, HALF2: tl.constexpr, PTX: tl.constexpr, EVEN: tl.constexpr):
     """out (1, N) = x (1, K) @ Ŵᵀ. Grid: (cdiv(N, BLOCK_N), SPLIT_K). GROUP = 0: per-channel; GROUP % BLOCK_K == 0.
 
     Split ``pid_k`` owns a contiguous run of K blocks. A block's BLOCK_K/P word rows are read as two
     (BLOCK_K/2P, BLOCK_N) tiles, the even rows and the odd rows, so that one ``dot_asm`` call takes two
     words of a column (16 4-bit or 32 2-bit products in half2) and its activation pairs are loaded and
-    permuted once per row for all the thread's columns. ASM = 0 (the interpreter; bf16/fp32 activations)
-    runs ``_dot_words_ref`` instead. A block's sum is scaled by its group's scale in fp32. EVEN (K a
+    permuted once per row for all the thread's columns (HALF2: fp16 activations; PTX = 0 under the
+    interpreter runs the same pairs in pure Triton). HALF2 = 0 (bf16/fp32 activations) runs
+    ``_dot_words_ref`` instead. A block's sum is scaled by its group's scale in fp32. EVEN (K a
     multiple of BLOCK_K, N of BLOCK_N: every LLaMA layer) drops the bounds masks from the loop.
 
     SPLIT_K > 1 is deterministic: each split writes its fp32 partial to ``part_ptr`` (SPLIT_K, N); the
@@ -258,8 +351,7 @@ def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, 
     acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
     if GROUP == 0:
         z = tl.load(z_ptr + n2, mask=m2, other=0.0)
-        if ASM:
-            zc = _zero_consts(z, BITS)
+        zc = _zeros_for(z, BITS, HALF2 and PTX)
     for b in range(b0, b1):
         rows_e = b * BLOCK_KW + r2  # (HALF,)
         ptr_e = qw_ptr + rows_e[:, None] * N + offs_n[None, :]  # (HALF, BLOCK_N)
@@ -274,10 +366,9 @@ def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, 
         if GROUP != 0:
             g = (b * BLOCK_K) // GROUP
             z = tl.load(z_ptr + g * N + n2, mask=m2, other=0.0)
-            if ASM:
-                zc = _zero_consts(z, BITS)
-        if ASM:
-            part = _dot_words_asm(X_ptr, w_e, w_o, rows_e, KW, zc, BITS, EVEN)
+            zc = _zeros_for(z, BITS, HALF2 and PTX)
+        if HALF2:
+            part = _dot_words_half2(X_ptr, w_e, w_o, rows_e, KW, zc, z, BITS, EVEN, PTX)
         else:
             part = _dot_words_ref(x_ptr, w_e, rows_e, K, z, BITS) + _dot_words_ref(x_ptr, w_o, rows_e + 1, K, z, BITS)
         if GROUP != 0:
@@ -312,15 +403,72 @@ def _split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile,
 
 
 @triton.jit
+def _lanes(h):
+    """int32 half2 bit patterns → (lo, hi) fp16 tensors of the same shape."""
+    lo = h.to(tl.int16).to(tl.float16, bitcast=True)
+    hi = (h >> 16).to(tl.int16).to(tl.float16, bitcast=True)
+    return tl.join(lo, hi)  # (..., 2): [a] = lane a
+
+
+@triton.jit
+def _pair_bits(w, zf, p: tl.constexpr, BITS: tl.constexpr):
+    """Pure Triton: ``unpack_asm``'s pair p of words w, fp16 (q − z) of k = p (lo) and k = p + P/2 (hi)."""
+    q_lo, q_hi = _codes_of_pair(w, p, BITS)
+    lo = (q_lo - zf).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    hi = (q_hi - zf).to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+    return lo | (hi << 16)
+
+
+@triton.jit
+def _unpack_tile_half2(words, zc, BITS: tl.constexpr, PTX: tl.constexpr):
+    """(BLOCK_KW, BLOCK_N) packed words → (BLOCK_K, BLOCK_N) fp16 q − z in natural k order (``unpack_asm``).
+
+    Pair p's lanes are k = p and k = p + P/2 of the word, so joining the lanes innermost and then the
+    pairs by the bits of p (most significant first) lays the codes out as k = (P/2)·lane + p. PTX = 0
+    (the interpreter; zc is then z) makes the same pairs with ``_pair_bits``."""
+    BLOCK_KW: tl.constexpr = words.shape[0]
+    BLOCK_N: tl.constexpr = words.shape[1]
+    if BITS == 4:
+        if PTX:
+            z0, z1 = zc
+            h0, h1, h2, h3 = tl.inline_asm_elementwise(_UNPACK4_ASM, _UNPACK4_CON, [words, z0, z1],
+                                                       dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+        else:
+            zf = zc.to(tl.float32)
+            h0, h1, h2, h3 = (_pair_bits(words, zf, 0, 4), _pair_bits(words, zf, 1, 4), _pair_bits(words, zf, 2, 4),
+                              _pair_bits(words, zf, 3, 4))
+        t = tl.join(tl.join(_lanes(h0), _lanes(h2)), tl.join(_lanes(h1), _lanes(h3)))  # (KW, N, lane, b, c)
+        t = tl.permute(t, (0, 2, 3, 4, 1))  # k = 4·lane + 2b + c
+    else:
+        if PTX:
+            z0, z1, z2, z3 = zc
+            h0, h1, h2, h3, h4, h5, h6, h7 = tl.inline_asm_elementwise(
+                _UNPACK2_ASM, _UNPACK2_CON, [words, z0, z1, z2, z3], dtype=(tl.int32,) * 8, is_pure=True, pack=1)
+        else:
+            zf = zc.to(tl.float32)
+            h0, h1, h2, h3 = (_pair_bits(words, zf, 0, 2), _pair_bits(words, zf, 1, 2), _pair_bits(words, zf, 2, 2),
+                              _pair_bits(words, zf, 3, 2))
+            h4, h5, h6, h7 = (_pair_bits(words, zf, 4, 2), _pair_bits(words, zf, 5, 2), _pair_bits(words, zf, 6, 2),
+                              _pair_bits(words, zf, 7, 2))
+        t = tl.join(tl.join(tl.join(_lanes(h0), _lanes(h4)), tl.join(_lanes(h2), _lanes(h6))),
+                    tl.join(tl.join(_lanes(h1), _lanes(h5)), tl.join(_lanes(h3), _lanes(h7))))
+        t = tl.permute(t, (0, 2, 3, 4, 5, 1))  # k = 8·lane + 4b + 2c + d
+    return tl.reshape(t, (BLOCK_KW * (32 // BITS), BLOCK_N))
+
+
+@triton.jit
 def _gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
                  BITS: tl.constexpr, GROUP: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_F32: tl.constexpr):
+                 SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_F32: tl.constexpr, HALF2: tl.constexpr,
+                 PTX: tl.constexpr):
     """out (M, N) = x (M, K) @ Ŵᵀ with tl.dot. Grid: (cdiv(M, BLOCK_M)·cdiv(N, BLOCK_N), SPLIT_K).
 
     Each K block loads its (BLOCK_K/P, BLOCK_N) packed tile once and expands every word in registers
     along a middle axis of P codes (the P shifts are per-register constants, not per-element ``k % P``),
-    to the exact integers q − z in the activation dtype; the group's scale multiplies the block's fp32
+    to the exact integers q − z in the activation dtype (HALF2, fp16 activations: ``unpack_asm``'s lop3
+    to fp16 pairs, 5/8 + 1/2 instruction per 4-bit weight; PTX = 0, the interpreter, makes the same bit
+    patterns in pure Triton); the group's scale multiplies the block's fp32
     product ``x · (q − z)`` (BLOCK_M·BLOCK_N per block, not per weight). Split-K (contiguous runs of
     K blocks per split) uses the deterministic epilogue ``_split_k_reduce``.
 
@@ -353,7 +501,8 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, M, N, 
     b0 = pid_k * per_split
     b1 = tl.minimum(b0 + per_split, n_blocks)
     if GROUP == 0:
-        mz = tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32) + MAGIC_F
+        z = tl.load(z_ptr + offs_n[None, :], mask=mask_n[None, :], other=0.0)  # (1, BLOCK_N)
+        zc = _zeros_for(z, BITS, HALF2 and PTX)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for b in range(b0, b1):
         offs_k = b * BLOCK_K + rk
@@ -364,9 +513,14 @@ def _gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, M, N, 
                         other=0, eviction_policy="evict_first")  # (BLOCK_KW, BLOCK_N) int32, each word once
         if GROUP != 0:
             g = (b * BLOCK_K) // GROUP
-            mz = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32) + MAGIC_F
-        q = ((words.to(tl.uint32, bitcast=True)[:, None, :] >> shifts) & MAXQ) | MAGIC  # (BLOCK_KW, P, BLOCK_N)
-        w = tl.reshape(q.to(tl.float32, bitcast=True) - mz[None, None, :], (BLOCK_K, BLOCK_N))  # q − z, exact
+            z = tl.load(z_ptr + g * N + offs_n[None, :], mask=mask_n[None, :], other=0.0)
+            zc = _zeros_for(z, BITS, HALF2 and PTX)
+        if HALF2:
+            w = _unpack_tile_half2(words, zc, BITS, PTX)  # (BLOCK_K, BLOCK_N) fp16
+        else:
+            q = ((words.to(tl.uint32, bitcast=True)[:, None, :] >> shifts) & MAXQ) | MAGIC  # (BLOCK_KW, P, BLOCK_N)
+            mz = z.to(tl.float32) + MAGIC_F  # (1, BLOCK_N)
+            w = tl.reshape(q.to(tl.float32, bitcast=True) - mz[:, None, :], (BLOCK_K, BLOCK_N))  # q − z, exact
         if DOT_F32:
             blk = tl.dot(a.to(tl.float32), w, input_precision="ieee")
         else:
@@ -410,15 +564,14 @@ MAX_SPLIT_K = 16  # the largest split of the configuration spaces: sizes the fp3
 
 
 def _gemv_configs() -> list[triton.Config]:
-    """GEMV space: BLOCK_N = 4 or 8 columns × 32 lanes × warps (each thread owns every word row of the
-    block and 4 adjacent columns per 128-bit load; 8 columns share each activation load twice as far),
-    BLOCK_K one or two groups of 128."""
+    """GEMV space: BLOCK_N = 8 or 4 columns × 32 lanes × warps. Each thread owns every word row of the
+    block and 4 adjacent columns per 128-bit load; with 8 columns each activation pair serves twice as
+    many weights. ``_prune`` keeps the 4-column ones for 4-bit only (2-bit: > 2.0 instructions per
+    weight) and BLOCK_K = 256 only where it does not spill (``benchmarks/kernel_sass.py``)."""
     out = []
-    for bn, w in [(256, 1), (512, 2), (256, 2), (512, 4)]:
-        for bk in (128, 256):
-            for split_k in (1, 2, 4, 8, 16):
-                out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=w,
-                                         num_stages=2))
+    for bn, bk, w in [(256, 128, 1), (512, 128, 2), (512, 256, 2), (1024, 128, 4), (256, 128, 2), (512, 128, 4)]:
+        for split_k in (1, 2, 4, 8, 16):
+            out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=w, num_stages=2))
     return out
 
 
@@ -443,6 +596,8 @@ def _prune(configs, named_args, **kwargs):
     keep, seen = [], set()
     for c in configs:
         kw = dict(c.kwargs)
+        if "BLOCK_M" not in kw and kwargs.get("BITS") == 2 and kw["BLOCK_N"] == 128 * c.num_warps:
+            continue  # 4 columns a thread: the 2-bit GEMV would exceed 2.0 instructions per weight
         if group and kw["BLOCK_K"] > group:
             kw["BLOCK_K"] = group
         bk, bn, sk, bm = kw["BLOCK_K"], kw["BLOCK_N"], kw["SPLIT_K"], kw.get("BLOCK_M", 1)
@@ -503,10 +658,9 @@ def _counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def half2_enabled(x: torch.Tensor) -> bool:
-    """The GEMV's packed-half2 PTX path: compiled (not the interpreter), fp16 activations whose int32
-    view is aligned, and not switched off with ``HARNESS_HALF2=0``."""
-    return (not interpreting() and x.dtype == torch.float16 and x.data_ptr() % 4 == 0
-            and os.environ.get("HARNESS_HALF2", "1") != "0")
+    """The packed-half2 paths (fp16 pairs of codes; inline PTX when compiled): fp16 activations whose
+    int32 view is aligned, unless switched off with ``HARNESS_HALF2=0`` (then the fp32 paths run)."""
+    return x.dtype == torch.float16 and x.data_ptr() % 4 == 0 and os.environ.get("HARNESS_HALF2", "1") != "0"
 
 
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
@@ -533,7 +687,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     cnt = _counters(x.device, triton.cdiv(M, 16) * triton.cdiv(N, 16))  # ≥ the tiles of any config
     common = dict(BITS=bits, GROUP=group)
     if gemv:
-        common["ASM"] = half2_enabled(x)
+        common.update(HALF2=half2_enabled(x), PTX=not interpreting())
         if tuned:
             _gemv_tuned[lambda m: (triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])](
                 x, qweight, scales, zeros, out, part, cnt, N, K, 1, **common)
@@ -544,6 +698,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     else:
         mb = m_bucket(M)
         common["DOT_F32"] = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())
+        common.update(HALF2=half2_enabled(x), PTX=not interpreting())
         if tuned:
             _gemm_tuned[lambda m: (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])](
                 x, qweight, scales, zeros, out, part, cnt, M, N, K, x.stride(0), out.stride(0), mb, **common)
@@ -577,11 +732,11 @@ def sass_configs(kernel: str, bits: int, group: int, quick: bool = False):
         ce = dict(BITS=bits, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1)
         if gemv:
             types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "K": "i32", "M_BUCKET": "i32"}
-            ce.update(ASM=True, EVEN=True)
+            ce.update(HALF2=True, PTX=True, EVEN=True)
             yield _gemv_kernel, types, ce, w, stages, bits, group, bk, bn
         else:
             types = {**_PTRS, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
                      "M_BUCKET": "i32"}
             types.update(part_ptr="*fp32", cnt_ptr="*i32")
-            ce.update(BLOCK_M=bm, GROUP_M=8, DOT_F32=False)
+            ce.update(BLOCK_M=bm, GROUP_M=8, DOT_F32=False, HALF2=True, PTX=True)
             yield _gemm_kernel, types, ce, w, stages, bits, group, bk, bn
