@@ -235,6 +235,13 @@ def main() -> int:
     out = {"device": name, "peak_copy_GB_s": peak / 1e9 if peak else None, "group_size": group, "dtype": "float16",
            "torch": torch.__version__, "triton": __import__("triton").__version__, "rows": rows, "block": block,
            "failures": failures}
+    if not args.smoke:  # the autotuners' choices, in the shipped table's format (harness/packed/tuned_configs.json)
+        from harness.packed.kernels import export_tuned
+
+        tuned = Path(args.out) / "kernels-tuned.json"
+        tuned.parent.mkdir(parents=True, exist_ok=True)
+        tuned.write_text(json.dumps({"format": 1, "configs": export_tuned(name)}, indent=1))
+        print(f"written {tuned}")
     path = Path(args.out) / f"kernels-{'smoke' if args.smoke else name.replace(' ', '_')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
