@@ -100,6 +100,15 @@ def test_kernel_fp32_activations_and_split_k_with_a_tail(M, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bits", [2, 4])
+def test_smallest_groups(bits, device):
+    """Group 16: a 2-bit group is one word, less than the GEMV's two-word block, so M = 1 runs the GEMM."""
+    _, q, s, z = packed(40, 128, bits, 16, device=device)
+    x = torch.randn(1, 128, dtype=torch.float16, device=device)
+    check(x, q, s, z, bits, 16, KernelConfig(block_n=32, block_k=64, split_k=2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_op_shapes_fake_tensor_and_compile(device):
     _, q, s, z = packed(32, 64, 4, 32, device=device)
     x = torch.randn(2, 3, 64, dtype=torch.float16, device=device)

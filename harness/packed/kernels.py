@@ -727,7 +727,7 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
         raise ValueError(f"qweight {tuple(qweight.shape)} holds {qweight.shape[0] * P} inputs, x has {K}")
     group = 0 if group_size == -1 or group_size == K else group_size
     x = x.contiguous()
-    gemv = M == 1
+    gemv = M == 1 and (group == 0 or group >= 2 * P)  # a GEMV block holds two words a column (2-bit g16: GEMM)
     if config is None and autotune_enabled():
         config = shipped_config(gemv, x, N, K, bits, group)  # a shipped tuning beats tuning here
     tuned = config is None and autotune_enabled()
