@@ -324,9 +324,23 @@ def _dot_words_ref(x_ptr, w, rows, K, z, BITS: tl.constexpr):
 
 
 @triton.jit
+def _block_words(qw_ptr, rows_e, offs_n, mask_n, N, KW, EVEN: tl.constexpr):
+    """The even and the odd word rows of a block: two (R, BLOCK_N) int32 tiles, rows ``rows_e`` and + 1."""
+    ptr_e = qw_ptr + rows_e[:, None] * N + offs_n[None, :]  # (R, BLOCK_N)
+    if EVEN:
+        return tl.load(ptr_e, eviction_policy="evict_first"), tl.load(ptr_e + N, eviction_policy="evict_first")
+    else:
+        m_e = (rows_e < KW)[:, None] & mask_n[None, :]
+        m_o = (rows_e + 1 < KW)[:, None] & mask_n[None, :]
+        return (tl.load(ptr_e, mask=m_e, other=0, eviction_policy="evict_first"),
+                tl.load(ptr_e + N, mask=m_o, other=0, eviction_policy="evict_first"))
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M_BUCKET,
                  BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, HALF2: tl.constexpr, PTX: tl.constexpr, EVEN: tl.constexpr):
+                 SPLIT_K: tl.constexpr, HALF2: tl.constexpr, PTX: tl.constexpr, EVEN: tl.constexpr,
+                 STAGES: tl.constexpr):
     """out (1, N) = x (1, K) @ Ŵᵀ. Grid: (cdiv(N, BLOCK_N), SPLIT_K). GROUP = 0: per-channel; GROUP % BLOCK_K == 0.
 
     Split ``pid_k`` owns a contiguous run of K blocks. A block's BLOCK_K/P word rows are read as two
@@ -335,7 +349,10 @@ def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, 
     permuted once per row for all the thread's columns (HALF2: fp16 activations; PTX = 0 under the
     interpreter runs the same pairs in pure Triton). HALF2 = 0 (bf16/fp32 activations) runs
     ``_dot_words_ref`` instead. A block's sum is scaled by its group's scale in fp32. EVEN (K a
-    multiple of BLOCK_K, N of BLOCK_N: every LLaMA layer) drops the bounds masks from the loop.
+    multiple of BLOCK_K, N of BLOCK_N: every LLaMA layer) drops the bounds masks from the loop. STAGES:
+    the loop's software-pipelining depth (``tl.range(num_stages=…)``: Triton's pipeliner leaves loads
+    that feed no ``tl.dot`` alone unless asked, and a register double buffer is undone by ptxas, which
+    sinks the early loads to the end of the loop body).
 
     SPLIT_K > 1 is deterministic: each split writes its fp32 partial to ``part_ptr`` (SPLIT_K, N); the
     last split of a column block to arrive (an acq_rel counter in ``cnt_ptr``, one int32 per column block,
@@ -363,17 +380,12 @@ def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, 
     if GROUP == 0:
         z = tl.load(z_ptr + n2, mask=m2, other=0.0)
         zc = _zeros_for(z, BITS, HALF2 and PTX)
-    for b in range(b0, b1):
+    # Software pipelining: with STAGES > 1 Triton copies the next blocks' words and activations into shared
+    # memory asynchronously (cp.async) while this block is computed (a plain range(): the loads would be
+    # issued where ptxas puts them, at best a few hundred instructions ahead).
+    for b in tl.range(b0, b1, num_stages=STAGES):
         rows_e = b * BLOCK_KW + r2  # (HALF,)
-        ptr_e = qw_ptr + rows_e[:, None] * N + offs_n[None, :]  # (HALF, BLOCK_N)
-        if EVEN:
-            w_e = tl.load(ptr_e, eviction_policy="evict_first")
-            w_o = tl.load(ptr_e + N, eviction_policy="evict_first")
-        else:
-            m_e = (rows_e < KW)[:, None] & mask_n[None, :]
-            m_o = (rows_e + 1 < KW)[:, None] & mask_n[None, :]
-            w_e = tl.load(ptr_e, mask=m_e, other=0, eviction_policy="evict_first")
-            w_o = tl.load(ptr_e + N, mask=m_o, other=0, eviction_policy="evict_first")
+        w_e, w_o = _block_words(qw_ptr, rows_e, offs_n, mask_n, N, KW, EVEN)
         if GROUP != 0:
             g = (b * BLOCK_K) // GROUP
             z = tl.load(z_ptr + g * N + n2, mask=m2, other=0.0)
@@ -564,12 +576,14 @@ class KernelConfig:
 
     def meta(self, gemv: bool) -> dict:
         out = {"BLOCK_N": self.block_n, "BLOCK_K": self.block_k, "SPLIT_K": self.split_k}
-        if not gemv:
+        if gemv:
+            out["STAGES"] = self.num_stages
+        else:
             out.update(BLOCK_M=self.block_m, GROUP_M=8)
         return out
 
 
-DEFAULT_GEMV = KernelConfig(block_n=512, block_k=128, split_k=8, num_warps=2, num_stages=2)
+DEFAULT_GEMV = KernelConfig(block_n=512, block_k=128, split_k=8, num_warps=2, num_stages=3)
 DEFAULT_GEMM = KernelConfig(block_n=64, block_k=64, split_k=1, block_m=32, num_warps=4, num_stages=2)
 MAX_SPLIT_K = 16  # the largest split of the configuration spaces: sizes the fp32 partials
 
@@ -582,7 +596,8 @@ def _gemv_configs() -> list[triton.Config]:
     out = []
     for bn, bk, w in [(256, 128, 1), (512, 128, 2), (512, 256, 2), (1024, 128, 4), (256, 128, 2), (512, 128, 4)]:
         for split_k in (1, 2, 4, 8, 16):
-            out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}, num_warps=w, num_stages=2))
+            out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k, "STAGES": 3}, num_warps=w,
+                                     num_stages=3))
     return out
 
 
@@ -783,7 +798,7 @@ def sass_configs(kernel: str, bits: int, group: int, quick: bool = False):
         ce = dict(BITS=bits, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1)
         if gemv:
             types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "K": "i32", "M_BUCKET": "i32"}
-            ce.update(HALF2=True, PTX=True, EVEN=True)
+            ce.update(HALF2=True, PTX=True, EVEN=True, STAGES=stages)
             yield _gemv_kernel, types, ce, w, stages, bits, group, bk, bn
         else:
             types = {**_PTRS, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
