@@ -169,7 +169,7 @@ def build(fn, types, constexprs, **options):
 ptrs = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", out_ptr="*fp16")
 ptrs.update(part_ptr="*fp32", cnt_ptr="*i32")
 gemv = build(K._gemv_kernel, {**ptrs, "N": "i32", "K": "i32", "M_BUCKET": "i32"},
-             dict(BITS=2, GROUP=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=4, HALF2=True, PTX=True, EVEN=True),
+             dict(BITS=2, GROUP=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=4, HALF2=True, PTX=True, EVEN=True, STAGES=3),
              num_warps=1, num_stages=2)
 gemm = build(K._gemm_kernel, {**ptrs, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
                               "M_BUCKET": "i32"},
