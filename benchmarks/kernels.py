@@ -254,6 +254,7 @@ def block_mix(Ms, group, device, dtype, smoke) -> list[dict]:
     import torch
 
     from harness.packed.ops import quant_matmul
+    from harness.packed.packing import reference_matmul
 
     block = BLOCK if not smoke else [(n, 128, 192) for n, _, _ in BLOCK]
     weights = {n: torch.randn(N, K, dtype=dtype, device=device) * 0.02 for n, K, N in block}
@@ -276,12 +277,20 @@ def block_mix(Ms, group, device, dtype, smoke) -> list[dict]:
             def run(xs=xs, bits=bits):
                 return [quant_matmul(xs[n], *packed[(n, bits[n])], bits[n], group) for n in weights]
 
+            errs = [max_rel_err(y, reference_matmul(xs[n], *packed[(n, bits[n])], bits[n], group))
+                    for n, y in zip(weights, run(), strict=True)]
+            if max(errs) > 1e-2:  # a wrong output is reported, not timed
+                out.append({"M": M, "plan": plan, "error": f"output differs from the reference ({max(errs):.2e})"})
+                continue
             t = timer(run, smoke)
             avg = sum(K * N * bits[n] for n, K, N in block) / n_total
             out.append({"M": M, "plan": plan, "us": t * 1e6, "speedup_vs_fp16": t16 / t, "avg_bits": avg})
     print(f"\nLLaMA-7B decoder block (7 linears), APTQ mix: {100 * ratio:.1f}% of weights at 4 bits")
     print(f"{'M':>4} {'plan':>9} {'avg bits':>8} {'time us':>9} {'x fp16':>7}")
     for r in out:
+        if "error" in r:
+            print(f"{r['M']:>4} {r['plan']:>9} {r['error']}")
+            continue
         print(f"{r['M']:>4} {r['plan']:>9} {r['avg_bits']:>8.2f} {r['us']:>9.1f} {r['speedup_vs_fp16']:>7.2f}")
     return out
 
