@@ -10,11 +10,18 @@ not depend on the values). Variants: ``fp16``; ``int4`` / ``int2`` (RTN, group 1
 default model, whose width 576 is not a multiple of 128 — packed into ``QuantLinear``); ``aptq-mix``
 (up_proj at 2 bits, the rest at 4: 75 % of the weights at 4 bits for SmolLM2, 77.7 % for 7B).
 
-Greedy decoding of ``--new-tokens`` tokens after a ``--prompt``-token prompt, batch 1, timed after a
-warm-up run. Modes: ``eager`` (dynamic KV cache; Python launch overhead included) and ``compiled``
-(static KV cache and ``torch.compile(mode="reduce-overhead")``: CUDA graphs, the usual way to serve
-decode; the packed layers' Triton op is traced through its fake implementation). Reported: tokens/s,
-peak GPU memory, weight bytes. A failing mode is reported and the others still run.
+Batch 1, after a ``--prompt``-token prompt. Modes:
+
+- ``graph`` (the default): the prompt is prefilled into a static KV cache, one decode step (a 1-token
+  forward) is captured in a CUDA graph after a warm-up on a side stream, and the graph is replayed
+  ``--new-tokens`` times between two CUDA events: tokens/s of the GPU work of decode, with no Python
+  or kernel-launch overhead in it (how a serving stack runs decode). Its logits are checked against an
+  eager forward of the same step before timing.
+- ``compiled``: ``generate`` with a static cache and ``torch.compile(mode="reduce-overhead")`` (CUDA
+  graphs per step, ``generate``'s Python loop included).
+- ``eager``: ``generate`` with a dynamic cache (Python and launch overhead included).
+
+Reported: tokens/s, peak GPU memory, weight bytes. A failing mode is reported and the others still run.
 
 Without CUDA (and without ``--smoke``) it prints a "no GPU" line and exits 0. JSON results go to
 ``results/benchmarks/decode-<device>.json``.
@@ -43,7 +50,7 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="default,llama7b")
     p.add_argument("--variants", default="fp16,int4,int2,aptq-mix")
-    p.add_argument("--modes", default="eager,compiled")
+    p.add_argument("--modes", default="graph", help="graph | compiled | eager, comma-separated")
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny random model, eager only")
@@ -101,9 +108,58 @@ def weight_bytes(model) -> int:
     return total
 
 
+def static_cache(model, length: int, device: str):
+    """A transformers StaticCache of ``length`` positions (its constructor changed across versions)."""
+    from transformers import StaticCache
+
+    try:
+        return StaticCache(config=model.config, max_batch_size=1, max_cache_len=length, device=device,
+                           dtype=model.dtype)
+    except TypeError:  # newer transformers: allocated lazily, on the first forward's device
+        return StaticCache(config=model.config, max_cache_len=length)
+
+
+def graph_decode(model, prompt: int, new: int, device: str) -> float:
+    """Tokens/s of one decode step replayed from a CUDA graph (module docstring, mode ``graph``)."""
+    import torch
+
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
+    cache = static_cache(model, prompt + 8, device)
+    with torch.no_grad():
+        model(ids, past_key_values=cache, cache_position=torch.arange(prompt, device=device), use_cache=True)
+        tok = ids[:, -1:].clone()  # (1, 1)
+        pos = torch.tensor([prompt], device=device)
+        ref = model(tok, past_key_values=cache, cache_position=pos, use_cache=True).logits.float()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream: compiles, allocates split-K counters
+            for _ in range(3):
+                model(tok, past_key_values=cache, cache_position=pos, use_cache=True)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = model(tok, past_key_values=cache, cache_position=pos, use_cache=True).logits
+        graph.replay()
+        torch.cuda.synchronize()
+        err = ((logits.float() - ref).abs().max() / ref.abs().max()).item()
+        if not err < 1e-2:
+            raise RuntimeError(f"graph replay logits differ from eager ones (rel err {err:.2e})")
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(new):
+            graph.replay()  # the same position each time: the work of one step at a fixed cache length
+        end.record()
+        torch.cuda.synchronize()
+    return new / (start.elapsed_time(end) * 1e-3)
+
+
 def decode(model, mode: str, prompt: int, new: int, device: str) -> float:
     """Tokens/s of greedy decoding (second run: the first warms up, compiles and autotunes)."""
     import torch
+
+    if mode == "graph":
+        return graph_decode(model, prompt, new, device)
 
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
@@ -134,7 +190,7 @@ def main() -> int:
         return 0
     device = "cpu" if args.smoke else "cuda"
     models = ["tiny"] if args.smoke else args.models.split(",")
-    modes = ["eager"] if args.smoke else args.modes.split(",")
+    modes = ["eager"] if args.smoke else args.modes.split(",")  # CUDA graphs need CUDA
     new = 8 if args.smoke else args.new_tokens
     name = "cpu-smoke" if args.smoke else torch.cuda.get_device_name()
     rows = []
