@@ -143,7 +143,7 @@ def test_end_to_end_mixed_run_records_plan_and_caches_sensitivities(tiny_cfg, ca
     assert rec2["quantization"]["sensitivity"]["cached"] and rec2["quantization"]["sensitivity"]["scores"] == scores
     assert rec2["quantization"]["avg_bits"] > q["avg_bits"]
     files = list(sensitivity_cache_path(cache_dir, {}).parent.glob("*.json"))
-    assert any(json.loads(f.read_text())["scores"] == scores for f in files)
+    assert any(json.loads(f.read_text()).get("scores") == scores for f in files)  # loss passes store "tables"
 
 
 def test_random_control_and_layer_hessian_ablation_run(tiny_cfg):
