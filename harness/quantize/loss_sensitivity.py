@@ -7,8 +7,9 @@ GPTQ Hessian ``H = 2/n Σ X Xᵀ`` from the full-precision inputs and the run's 
 The loss of window ``w`` is its mean next-token NLL ``L_w = 1/(T−1) Σ_t nll_t``.
 
 - ``truth_pass`` (criterion ``measured``, the ground truth): for each layer, swap in its quantized
-  weight, run its block and every later block from the captured full-precision block inputs (the
-  blocks before it are unchanged, so their outputs are reused), apply the head, and record
+  weight ``W + ΔW`` (ΔW from all calibration windows, as the run quantizes), run its block and every
+  later block from the captured full-precision block inputs of the first ``truth_windows`` windows
+  (the blocks before it are unchanged, so their outputs are reused), apply the head, and record
   ``dnll = mean_w (L_w(Ŵ) − L_w(W))`` and ``kl = mean over predicted tokens of KL(p_fp ‖ p_q)``.
   Cost: Σ_l (blocks after l) block passes, ≈ 15 model passes per layer-type row on a 30-block model.
 - ``gradient_pass`` (criteria ``fisher`` and ``kfac``): one forward + backward pass per window through
@@ -144,11 +145,11 @@ def gradient_pass(model: nn.Module, inps: torch.Tensor, kwargs: list[dict[str, A
 
 
 @torch.no_grad()
-def truth_pass(model: nn.Module, method: Any, inps: torch.Tensor, kwargs: list[dict[str, Any]],
-               windows: torch.Tensor, bits: int, progress: Callable[[], None] | None = None
+def truth_pass(model: nn.Module, inps: torch.Tensor, kwargs: list[dict[str, Any]], windows: torch.Tensor,
+               deltas: dict[str, torch.Tensor], progress: Callable[[], None] | None = None
                ) -> dict[str, dict[str, float]]:
-    """``{"dnll": {layer: ΔL}, "kl": {layer: KL}}``: each layer quantized alone to ``bits`` by the method's
-    solver, the loss increase measured on ``windows`` (n, T) from the block inputs ``inps`` (n, T, d)."""
+    """``{"dnll": {layer: ΔL}, "kl": {layer: KL}}``: each layer alone set to ``W + ΔW`` (its quantization), the
+    loss increase measured on ``windows`` (n, T) from the block inputs ``inps`` (n, T, d)."""
     path, layers = decoder_layers(model)
     head = final_head(model)
     n = windows.shape[0]
@@ -174,10 +175,9 @@ def truth_pass(model: nn.Module, method: Any, inps: torch.Tensor, kwargs: list[d
     x = inps  # full-precision inputs of block i
     for i, block in enumerate(layers):
         modules = {f"{path}.{i}.{nm}": m for nm, m in block_linears(block).items()}
-        H = gptq_hessians(block, modules, x, kwargs[i])
         for name, mod in modules.items():
             W = mod.weight.data.clone()  # (d_out, d_in)
-            mod.weight.data.copy_(method.solve(wide(W), H.pop(name).to(wide(W).dtype), bits).to(W.dtype))
+            mod.weight.data.copy_((wide(W) + deltas[name].to(wide(W).dtype)).to(W.dtype))
             try:
                 nll_q, _, kl[name] = outcome(i, x, logp_fp)
             finally:

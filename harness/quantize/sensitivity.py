@@ -131,26 +131,26 @@ def compute_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, k
 
 def loss_pass(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: list[dict[str, Any]],
               windows: torch.Tensor, kind: str) -> dict[str, dict[str, float]]:
-    """The ``gradient`` or ``truth`` pass of ``harness.quantize.loss_sensitivity`` on the method's windows
-    (``method.sensitivity_windows`` of them, the first ones) at its ``low_bits``, with progress."""
+    """The ``gradient`` or ``truth`` pass of ``harness.quantize.loss_sensitivity`` at the method's
+    ``low_bits``: ΔW from all calibration windows; the truth measured on the first
+    ``method.sensitivity_windows`` of them (None: all)."""
     method, hook, run = mr.method, mr.hook, mr.run
     n = method.sensitivity_windows or windows.shape[0]
-    inps, windows = inps[:n], windows[:n]
-    bits = method.config.low_bits
     total = len(linear_layers(model))
     hook.harness_phase_start(run=run, phase="sensitivity", total=total)
     t0 = time.perf_counter()
+
+    def step() -> None:
+        hook.harness_phase_advance(run=run, phase="sensitivity", advance=1)
+
     try:
         with on_device(model, inps.device):
+            deltas = low_bit_deltas(method, model, inps, kwargs, method.config.low_bits)
             if kind == "gradient":
-                deltas = low_bit_deltas(method, model, inps, kwargs, bits)
-                tables = gradient_pass(model, inps, kwargs, windows, deltas)
+                tables = gradient_pass(model, inps[:n], kwargs, windows[:n], deltas)
                 hook.harness_phase_advance(run=run, phase="sensitivity", advance=total)
             elif kind == "truth":
-                def step() -> None:
-                    hook.harness_phase_advance(run=run, phase="sensitivity", advance=1)
-
-                tables = truth_pass(model, method, inps, kwargs, windows, bits, progress=step)
+                tables = truth_pass(model, inps[:n], kwargs, windows[:n], deltas, progress=step)
             else:
                 raise ValueError(f"unknown sensitivity pass {kind!r}")
     finally:
