@@ -185,6 +185,7 @@ def truth_pass(model: nn.Module, inps: torch.Tensor, kwargs: list[dict[str, Any]
             dnll[name] = float((nll_q - nll_fp).mean())
             if progress is not None:
                 progress()
+        log.info("ground truth: block %d/%d done", i + 1, len(layers))
         x = run_block(block, x, kwargs[i])
     return {"dnll": dnll, "kl": kl}
 
