@@ -87,7 +87,9 @@ def low_bit_deltas(method: Any, model: nn.Module, inps: torch.Tensor, kwargs: li
             H = gptq_hessians(block, modules, inps, kwargs[i])
             for name, mod in modules.items():
                 W = wide(mod.weight.data)  # (d_out, d_in)
-                deltas[name] = method.solve(W, H.pop(name).to(W.dtype), bits) - W
+                Hl = H.pop(name, None)  # None: an MoE expert no calibration token was routed to
+                Hl = torch.eye(W.shape[1], device=W.device) if Hl is None else Hl  # then RTN (methods.gptq)
+                deltas[name] = method.solve(W, Hl.to(W.dtype), bits) - W
             inps = run_block(block, inps, kwargs[i])
     return deltas
 
