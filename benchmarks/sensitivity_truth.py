@@ -74,6 +74,31 @@ def criterion_scores(method_opts: dict[str, Any], crit: str, model, inps, kwargs
     return scores, {"cached": entry["cached"], "seconds": entry["seconds"], "tables": entry.get("tables")}
 
 
+def scores_from_records(folder: Path, cfg: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per-criterion scores kept in earlier APTQ records (``quantization.sensitivity.scores``) of the same
+    model and calibration set: criteria of the block pass (trace, trace_x_err) need not run again."""
+    from harness.results.records import load_record
+
+    out: dict[str, dict[str, float]] = {}
+    want = {k: cfg["calibration"][k] for k in ("source", "nsamples", "seqlen", "seed")}
+    for f in sorted(folder.glob("*.json")):
+        r = load_record(f) or {}
+        sens = (r.get("quantization") or {}).get("sensitivity")
+        opts = (r.get("method") or {}).get("options") or {}
+        if (not sens or r.get("method", {}).get("name") != "aptq" or r.get("model", {}).get("name") !=
+                cfg["model"]["name"] or {k: (r.get("calibration") or {}).get(k) for k in want} != want
+                or opts.get("hessian") != cfg["method"]["hessian"] or opts.get("probes") != cfg["method"]["probes"]):
+            continue
+        crit = opts.get("sensitivity", "trace")
+        if crit == "trace_x_err" and (opts.get("group_size"), opts.get("low_bits")) != \
+                (cfg["method"]["group_size"], cfg["method"]["low_bits"]):
+            continue
+        out.setdefault(crit, sens["scores"])
+    if "trace" in out:
+        out.setdefault("trace_inv", {n: 1.0 / max(v, 1e-30) for n, v in out["trace"].items()})
+    return out
+
+
 def plot(path: Path, per_layer: dict[str, dict[str, float]], corr: dict[str, Any], crits: list[str]) -> None:
     import matplotlib
 
@@ -109,6 +134,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/sensitivity/truth", help="output path without extension")
     ap.add_argument("--criteria", default=",".join(CRITERIA))
+    ap.add_argument("--from-records", default=None, help="a records folder: take the block-pass criteria "
+                    "(trace, trace_x_err, trace_inv = 1/trace) from APTQ records of this model and calibration set")
     ap.add_argument("overrides", nargs="*", help="harness config overrides (after the default APTQ setting)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -129,8 +156,15 @@ def main() -> None:
     tables = truth_info["tables"]
     per_layer = {n: {"dnll": tables["dnll"][n], "kl": tables["kl"][n]} for n in truth_scores}
     crits = [c for c in a.criteria.split(",") if c]
+    kept = scores_from_records(Path(a.from_records), cfg) if a.from_records else {}
     for crit in crits:
         t0 = time.perf_counter()
+        if crit in kept:
+            scores = kept[crit]
+            timings[crit] = {"from_records": a.from_records}
+            for n, v in scores.items():
+                per_layer[n][crit] = v
+            continue
         scores, info = criterion_scores(method_opts, crit, model, inps, kwargs, key, cache_dir, windows, plugins)
         timings[crit] = {"seconds": info["seconds"], "cached": info["cached"], "wall": time.perf_counter() - t0}
         for n, v in scores.items():
@@ -175,7 +209,7 @@ def main() -> None:
                       *[f"{row[t]['spearman']:+.2f}" for t in types])
     console = Console(width=160)
     console.print(table)
-    console.print({k: round(v["wall"], 1) for k, v in timings.items()}, "s wall per criterion")
+    console.print({k: round(v["wall"], 1) if "wall" in v else v for k, v in timings.items()}, "s wall per criterion")
     console.print(f"written {out.with_suffix('.json')} and {out.with_suffix('.png')}")
 
 
