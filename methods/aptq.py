@@ -29,6 +29,18 @@ in ``bits_fraction``). Average bits = 4·R + 2·(1−R). ``sensitivity=trace_x_e
 the 2-bit RTN error ``‖Q₂(W) − W‖²`` (HAWQ-v2); ``random`` is a seeded random ranking (control).
 ``hessian=layer`` uses GPTQ's H everywhere (ablation: "GPTQ + trace allocation").
 
+**Alternatives to validate the paper's criterion against** (defaults stay the paper's: ``trace`` +
+``greedy``). Loss-aware criteria (``harness.quantize.loss_sensitivity``, each layer's ``ΔW`` = its
+actual ``low_bits`` quantization by GPTQ's solver with this config's grid options): ``fisher``
+(``½ E (g_tᵀ ΔW x_t)²``, one backward pass per calibration window), ``kfac`` (``tr A/d_in · tr G/d_out``),
+``measured`` (the ground truth: each layer quantized alone, the increase of the calibration NLL, on
+the first ``truth_windows`` windows; an oracle). Controls: ``trace_inv`` (``1/trace``, the opposite
+ranking, from the same cached traces) and ``random``. ``allocator=knapsack`` minimises the summed
+per-layer cost under the same average-bit budget exactly (``harness.quantize.allocation``), with
+``choices`` = {low_bits, high_bits} or e.g. [2, 3, 4]; the record keeps its ``allocation`` (budget,
+achieved bits, plan). The ground truth and the rank correlations of all criteria with it:
+``benchmarks/sensitivity_truth.py``.
+
 **Families.** The projections and ``o_proj`` are found under each family's names
 (``harness.quantize.layers.FAMILIES``: OPT's ``out_proj``, Phi's ``dense``, ...). A fused projection
 whose output features are ``[q | k | v]`` (Phi-3 ``qkv_proj``) gets one reduced Hessian per output
@@ -55,13 +67,17 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
+from harness.quantize.allocation import ALLOCATORS, allocate
 from harness.quantize.layers import StopForward, family, local_name, model_config, qkv_split
-from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, relative_error, rtn
+from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
+from harness.util import unknown
 from methods.gptq import Gptq, GptqConfig, check_min_tokens, gptq_quantize
 
 QKV_PARTS = ("q", "k", "v")
 HESSIANS = ("attention", "layer")
-SENSITIVITIES = ("trace", "trace_x_err", "random")
+SENSITIVITIES = ("trace", "trace_x_err", "fisher", "kfac", "measured", "trace_inv", "random")
+#: criterion → (the first pass that gives it, the table of that pass holding its scores)
+LOSS_CRITERIA = {"fisher": ("gradient", "fisher"), "kfac": ("gradient", "kfac"), "measured": ("truth", "dnll")}
 
 
 @dataclass
@@ -72,7 +88,10 @@ class AptqConfig:
     group_size: int = -1
     sym: bool = False
     hessian: str = "attention"  # attention (APTQ) | layer (GPTQ's H everywhere: ablation)
-    sensitivity: str = "trace"  # trace | trace_x_err | random
+    sensitivity: str = "trace"  # trace | trace_x_err | fisher | kfac | measured | trace_inv | random
+    allocator: str = "greedy"  # greedy (the paper's rank cut) | knapsack (exact, harness.quantize.allocation)
+    choices: list[int] | None = None  # knapsack's bit widths; None: {low_bits, high_bits}
+    truth_windows: int = 8  # calibration windows of the measured criterion (the first ones)
     probes: int = 2  # Rademacher probes per calibration window for s_t
     seed: int = 0  # probes and the random allocation
     # GPTQ solver options (methods.gptq), same defaults
@@ -95,7 +114,21 @@ class AptqConfig:
         if self.hessian not in HESSIANS:
             raise ConfigError(f"hessian={self.hessian!r} is unknown; choose one of {', '.join(HESSIANS)}")
         if self.sensitivity not in SENSITIVITIES:
-            raise ConfigError(f"sensitivity={self.sensitivity!r} is unknown; choose one of {', '.join(SENSITIVITIES)}")
+            raise unknown("method.sensitivity", self.sensitivity, SENSITIVITIES)
+        if self.allocator not in ALLOCATORS:
+            raise unknown("method.allocator", self.allocator, ALLOCATORS)
+        if self.choices is not None:
+            self.choices = sorted({int(b) for b in self.choices})
+            for b in self.choices:
+                check_bits(b)
+            if self.allocator != "knapsack":
+                raise ConfigError(f"choices={self.choices} needs method.allocator=knapsack (greedy mixes low_bits "
+                                  f"and high_bits only)")
+            if self.choices[0] != self.low_bits or self.choices[-1] != self.high_bits:
+                raise ConfigError(f"choices={self.choices} must run from low_bits={self.low_bits} to "
+                                  f"high_bits={self.high_bits} (the budget is high·ratio + low·(1−ratio))")
+        if isinstance(self.truth_windows, bool) or not isinstance(self.truth_windows, int) or self.truth_windows < 1:
+            raise ConfigError(f"truth_windows={self.truth_windows!r} must be an integer ≥ 1")
         if self.probes < 1:
             raise ConfigError(f"probes={self.probes} must be ≥ 1")
 
@@ -108,20 +141,6 @@ def find_o_proj(block: nn.Module) -> nn.Linear:
         raise ConfigError(f"APTQ's attention Hessian needs the attention output projection {name!r} in "
                           f"{type(block).__name__}; use method.hessian=layer for this model")
     return o_proj
-
-
-def allocate(scores: dict[str, float], numel: dict[str, int], ratio: float, high: int, low: int) -> dict[str, int]:
-    """Greedy 2/4 plan: most sensitive first get ``high`` bits within ``ratio`` of the weights."""
-    total = sum(numel.values())
-    budget, used = ratio * total, 0
-    order = sorted(numel, key=lambda n: -scores[n])  # stable: ties keep model order
-    plan = {}
-    for name in order:
-        if used + numel[name] <= budget * (1 + 1e-12):
-            plan[name], used = high, used + numel[name]
-        else:
-            plan[name] = low
-    return {name: plan[name] for name in numel}  # model order
 
 
 def random_scores(names: list[str], seed: int) -> dict[str, float]:
@@ -178,14 +197,20 @@ class Aptq(Gptq):
 
     def bit_widths(self) -> tuple[int, ...]:
         c = self.config
+        if c.choices and 0 < c.ratio < 1:
+            return tuple(sorted(c.choices, reverse=True))
         return tuple(sorted({c.high_bits if c.ratio > 0 else c.low_bits, c.low_bits if c.ratio < 1 else c.high_bits},
                             reverse=True))
 
     def label(self) -> str:
         c = self.config
         base = "APTQ" if c.ratio == 1 else f"APTQ-{round(100 * c.ratio)}%"
+        mixed = 0 < c.ratio < 1
         tags = [*self.solver_tags(), "H-layer" if c.hessian == "layer" else "",
-                c.sensitivity if c.sensitivity != "trace" and 0 < c.ratio < 1 else "",
+                c.sensitivity if c.sensitivity != "trace" and mixed else "",
+                c.allocator if c.allocator != "greedy" and mixed else "",
+                "b" + "".join(map(str, c.choices)) if c.choices and mixed else "",
+                f"tw{c.truth_windows}" if c.sensitivity == "measured" and c.truth_windows != 8 and mixed else "",
                 f"seed{c.seed}" if c.sensitivity == "random" and 0 < c.ratio < 1 else ""]  # one draw per seed
         return " ".join([base, *[t for t in tags if t]])
 
@@ -193,24 +218,52 @@ class Aptq(Gptq):
     def needs_sensitivity(self) -> bool:
         return 0 < self.config.ratio < 1 and self.config.sensitivity != "random"
 
+    @property
+    def sensitivity_pass(self) -> str:
+        return LOSS_CRITERIA.get(self.config.sensitivity, ("blocks",))[0]
+
+    @property
+    def sensitivity_table(self) -> str | None:  # type: ignore[override]
+        return LOSS_CRITERIA[self.config.sensitivity][1] if self.config.sensitivity in LOSS_CRITERIA else None
+
+    @property
+    def sensitivity_windows(self) -> int | None:  # type: ignore[override]
+        return self.config.truth_windows if self.config.sensitivity == "measured" else None
+
     def sensitivity_key(self) -> dict[str, Any]:
         c = self.config
-        key = {"hessian": c.hessian, "sensitivity": c.sensitivity, "probes": c.probes, "seed": c.seed}
+        if c.sensitivity in LOSS_CRITERIA:  # ΔW = the low-bit quantization by GPTQ's solver with these options
+            return {"pass": self.sensitivity_pass, "low_bits": c.low_bits, "group_size": c.group_size, "sym": c.sym,
+                    "act_order": c.act_order, "static_groups": c.static_groups, "percdamp": c.percdamp,
+                    "blocksize": c.blocksize, "windows": self.sensitivity_windows}
+        # trace_inv reads the cached traces (the same pass and key as trace)
+        key = {"hessian": c.hessian, "sensitivity": "trace" if c.sensitivity == "trace_inv" else c.sensitivity,
+               "probes": c.probes, "seed": c.seed}
         if c.sensitivity == "trace_x_err":
             key.update(low_bits=c.low_bits, group_size=c.group_size, sym=c.sym)
         return key
 
+    def plan_scores(self, layers: dict[str, nn.Linear]) -> dict[str, float]:
+        """Per-layer scores (higher = more sensitive: a score is the layer's cost at ``low_bits``)."""
+        c = self.config
+        if c.sensitivity == "random":
+            return random_scores(list(layers), c.seed)
+        if self.sensitivities is None:
+            raise RuntimeError("APTQ needs the sensitivity pass before plan_bits (harness.quantize.sensitivity)")
+        if c.sensitivity == "trace_inv":  # the control that inverts the paper's ranking
+            return {n: 1.0 / max(self.sensitivities[n], 1e-30) for n in layers}
+        return {n: self.sensitivities[n] for n in layers}
+
     def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
         c = self.config
+        self.allocation = None
         if c.ratio in (0, 1):
             return {n: c.high_bits if c.ratio == 1 else c.low_bits for n in layers}
-        if c.sensitivity == "random":
-            scores = random_scores(list(layers), c.seed)
-        elif self.sensitivities is None:
-            raise RuntimeError("APTQ needs the sensitivity pass before plan_bits (harness.quantize.sensitivity)")
-        else:
-            scores = self.sensitivities
-        return allocate(scores, {n: m.weight.numel() for n, m in layers.items()}, c.ratio, c.high_bits, c.low_bits)
+        numel = {n: m.weight.numel() for n, m in layers.items()}
+        plan, self.allocation = allocate(c.allocator, self.plan_scores(layers), numel, c.ratio, c.high_bits,
+                                         c.low_bits, tuple(c.choices) if c.choices else None)
+        self.allocation["criterion"] = c.sensitivity
+        return plan
 
     def add_batch(self, name: str, X: torch.Tensor, s: torch.Tensor | None = None) -> None:
         """``H = 2/n Σ_b Σ_t s_bt x_bt x_btᵀ``; ``s`` (B, T) token weights, GPTQ's H when None."""
@@ -222,6 +275,8 @@ class Aptq(Gptq):
         super().__init__(config)
         #: fused q/k/v projections: name → [(statistics key, first row, end row)] of its output slices
         self.row_parts: dict[str, list[tuple[str, int, int]]] = {}
+        #: the last plan's allocation info for the record (budget, achieved bits, allocator)
+        self.allocation: dict[str, Any] | None = None
 
     def _output_slices(self, block: nn.Module, name: str, mod: nn.Linear) -> list[tuple[str, int, int]]:
         """[(statistics key, lo, hi)]: the whole output for a separate projection; for a fused q/k/v

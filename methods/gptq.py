@@ -202,6 +202,12 @@ class Gptq(Method):
         return H, cfg, info
 
     @torch.no_grad()
+    def solve(self, W: torch.Tensor, H: torch.Tensor, bits: int) -> torch.Tensor:
+        """GPTQ's solver with this config's grid and solver options at ``bits``: Q (d_out, d_in), W's dtype
+        (the solver itself runs in float32)."""
+        return gptq_quantize(W.float(), H.float(), self.spec(bits), self.config)[0].to(W.dtype)
+
+    @torch.no_grad()
     def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
         W = layer.weight.data  # (d_out, d_in)
         H, cfg, info = self.take_hessian(name, layer)

@@ -272,7 +272,10 @@ def test_low_token_fallbacks(correlated_inputs):
 
 # ------------------------------------------------------------------------------------- the matrix
 METHODS = (("fp16", ()), ("rtn", ()), ("gptq", ()), ("aptq", ()), ("aptq", ("ratio=0.75",)), ("owq", ()),
-           ("pbllm", ()))
+           ("pbllm", ()),
+           # the loss-based passes (final norm + head found per family) and the knapsack
+           ("aptq", ("ratio=0.75", "method.sensitivity=fisher", "method.allocator=knapsack")),
+           ("aptq", ("ratio=0.75", "method.sensitivity=measured", "method.truth_windows=1")))
 
 
 @pytest.mark.parametrize("method,extra", METHODS, ids=[" ".join((m, *e)) for m, e in METHODS])

@@ -78,6 +78,22 @@ class Method(ABC):
         """The options the sensitivities depend on (with the model and calibration: the cache key)."""
         return {}
 
+    @property
+    def sensitivity_pass(self) -> str:
+        """Which first pass gives the scores (``harness.quantize.sensitivity``): ``blocks`` (``collect`` +
+        ``layer_sensitivity``), ``gradient`` or ``truth`` (``harness.quantize.loss_sensitivity``)."""
+        return "blocks"
+
+    #: the table of a loss-based pass that holds this method's scores (``fisher``, ``kfac``, ``dnll`` ...)
+    sensitivity_table: str | None = None
+    #: calibration windows a loss-based pass uses (the first ones; None: all)
+    sensitivity_windows: int | None = None
+
+    def solve(self, W: torch.Tensor, H: torch.Tensor, bits: int) -> torch.Tensor:
+        """The method's quantization of ``W`` (d_out, d_in) float32 against the Hessian ``H`` (d_in, d_in) at
+        ``bits``, returned (not written to any layer): what the loss-based sensitivities quantize with."""
+        raise NotImplementedError(f"method {self.name} has no solver for the loss-based sensitivities")
+
     def layer_sensitivity(self, name: str, layer: nn.Linear) -> float:
         """Sensitivity of ``layer`` from the statistics ``add_batch`` collected; frees them."""
         raise NotImplementedError(f"method {self.name} has no sensitivity")

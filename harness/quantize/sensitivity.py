@@ -5,6 +5,13 @@ sensitivity options, so they are cached on disk under ``<cache_dir>/sensitivity/
 of exactly those: a sweep over ``ratio`` computes them once. The pass reuses the layer-by-layer
 machinery of the quantization pass (``Method.collect``), but nothing is quantized: every block's
 full-precision outputs feed the next block.
+
+A method names the pass its criterion needs (``Method.sensitivity_pass``): ``blocks`` (the statistics
+of ``collect``, scored by ``layer_sensitivity``: APTQ's trace), or one of the loss-based passes of
+``harness.quantize.loss_sensitivity``: ``gradient`` (fisher and kfac, one backward pass per window)
+and ``truth`` (the measured loss increase of each layer quantized alone). A loss-based pass stores
+all its tables (``{"fisher": .., "kfac": ..}``, ``{"dnll": .., "kl": ..}``) in one cache entry, and the
+method's ``sensitivity_table`` picks the scores.
 """
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ import torch
 from torch import nn
 
 from harness.quantize.driver import MethodRun
-from harness.quantize.layers import block_linears, decoder_layers, on_device, run_block
+from harness.quantize.layers import block_linears, decoder_layers, linear_layers, on_device, run_block
+from harness.quantize.loss_sensitivity import gradient_pass, low_bit_deltas, truth_pass
 from harness.util import cache_lock, canonical_hash, write_atomic
 
 log = logging.getLogger(__name__)
@@ -70,31 +78,81 @@ def read_cached(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def cached_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: list[dict[str, Any]],
-                         key: dict[str, Any], cache_dir: Path | None) -> dict[str, Any]:
+                         key: dict[str, Any], cache_dir: Path | None, windows: torch.Tensor | None = None
+                         ) -> dict[str, Any]:
     """Sensitivities from the cache, or computed by ``sensitivity_pass`` and cached (atomically).
 
     ``key`` must identify the model and the calibration windows; the method's
     ``sensitivity_key()`` is added here. Jobs that need the same entry at once compute it once
-    (``cache_lock``): the others wait and read it. Returns ``{"scores", "cached", "seconds", "key"}``.
+    (``cache_lock``): the others wait and read it. ``windows`` (n, T): the calibration token ids (the
+    loss-based passes need the targets). Returns ``{"scores", "cached", "seconds", "key"}`` and, for a
+    loss-based pass, all its ``tables``.
     """
     key = {**key, "method": mr.method.name, "options": mr.method.sensitivity_key()}
     if cache_dir is None:
-        return compute_sensitivities(model, mr, inps, kwargs, key, None)
+        return compute_sensitivities(model, mr, inps, kwargs, key, None, windows)
     path = sensitivity_cache_path(cache_dir, key)
     if (stored := read_cached(path, key)) is None:
         with cache_lock(path):
             if (stored := read_cached(path, key)) is None:  # another job may have computed it meanwhile
-                return compute_sensitivities(model, mr, inps, kwargs, key, path)
+                return compute_sensitivities(model, mr, inps, kwargs, key, path, windows)
     log.info("sensitivities from cache %s", path)
-    return {"scores": stored["scores"], "cached": True, "seconds": stored.get("seconds"), "key": key}
+    return entry(mr, stored, cached=True, key=key)
+
+
+def entry(mr: MethodRun, stored: dict[str, Any], cached: bool, key: dict[str, Any]) -> dict[str, Any]:
+    """What callers get: the method's scores (its ``sensitivity_table`` of a loss-based pass's tables)."""
+    out = {"cached": cached, "seconds": stored.get("seconds"), "key": key}
+    if "tables" in stored:
+        out["tables"] = stored["tables"]
+        out["scores"] = stored["tables"][mr.method.sensitivity_table]
+    else:
+        out["scores"] = stored["scores"]
+    return out
 
 
 def compute_sensitivities(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: list[dict[str, Any]],
-                          key: dict[str, Any], path: Path | None) -> dict[str, Any]:
-    """Run ``sensitivity_pass``; store its scores at ``path`` (atomically) unless it is None."""
+                          key: dict[str, Any], path: Path | None, windows: torch.Tensor | None = None
+                          ) -> dict[str, Any]:
+    """Run the method's pass; store its result at ``path`` (atomically) unless it is None."""
     t0 = time.perf_counter()
-    scores = sensitivity_pass(model, mr, inps, kwargs)
-    seconds = time.perf_counter() - t0
+    kind = mr.method.sensitivity_pass
+    if kind == "blocks":
+        stored: dict[str, Any] = {"scores": sensitivity_pass(model, mr, inps, kwargs)}
+    else:
+        if windows is None:
+            raise ValueError(f"the {kind} sensitivity pass needs the calibration windows")
+        stored = {"tables": loss_pass(model, mr, inps, kwargs, windows, kind)}
+    stored = {"key": key, **stored, "seconds": time.perf_counter() - t0}
     if path is not None:
-        write_atomic(path, {"key": key, "scores": scores, "seconds": seconds})
-    return {"scores": scores, "cached": False, "seconds": seconds, "key": key}
+        write_atomic(path, stored)
+    return entry(mr, stored, cached=False, key=key)
+
+
+def loss_pass(model: nn.Module, mr: MethodRun, inps: torch.Tensor, kwargs: list[dict[str, Any]],
+              windows: torch.Tensor, kind: str) -> dict[str, dict[str, float]]:
+    """The ``gradient`` or ``truth`` pass of ``harness.quantize.loss_sensitivity`` at the method's
+    ``low_bits``: ΔW from all calibration windows; the truth measured on the first
+    ``method.sensitivity_windows`` of them (None: all)."""
+    method, hook, run = mr.method, mr.hook, mr.run
+    n = method.sensitivity_windows or windows.shape[0]
+    total = len(linear_layers(model))
+    hook.harness_phase_start(run=run, phase="sensitivity", total=total)
+    t0 = time.perf_counter()
+
+    def step() -> None:
+        hook.harness_phase_advance(run=run, phase="sensitivity", advance=1)
+
+    try:
+        with on_device(model, inps.device):
+            deltas = low_bit_deltas(method, model, inps, kwargs, method.config.low_bits)
+            if kind == "gradient":
+                tables = gradient_pass(model, inps[:n], kwargs, windows[:n], deltas)
+                hook.harness_phase_advance(run=run, phase="sensitivity", advance=total)
+            elif kind == "truth":
+                tables = truth_pass(model, inps[:n], kwargs, windows[:n], deltas, progress=step)
+            else:
+                raise ValueError(f"unknown sensitivity pass {kind!r}")
+    finally:
+        hook.harness_phase_end(run=run, phase="sensitivity", seconds=time.perf_counter() - t0)
+    return tables

@@ -134,9 +134,10 @@ def quantize_sequential(
     sensitivity = None
     if method.needs_sensitivity:
         key = {"model": model_key, "windows_sha256": windows_hash(windows)}
-        sensitivity = cached_sensitivities(model, mr, inps, kwargs, key, cache_dir)
+        sensitivity = cached_sensitivities(model, mr, inps, kwargs, key, cache_dir, windows)
         method.sensitivities = sensitivity["scores"]
     specs = plan_specs(method, all_linear)
+    allocation = getattr(method, "allocation", None)  # a mixed-precision plan's budget and achieved bits
 
     per_layer: dict[str, dict[str, Any]] = {}
     grids: dict[str, Any] = {}
@@ -157,5 +158,8 @@ def quantize_sequential(
     summary = {**summarize(all_linear, specs, per_layer), "grids": grids}
     if sensitivity is not None:
         summary["sensitivity"] = {"cached": sensitivity["cached"], "seconds": sensitivity["seconds"],
-                                  "scores": sensitivity["scores"]}
+                                  "scores": sensitivity["scores"],
+                                  **({"tables": sensitivity["tables"]} if "tables" in sensitivity else {})}
+    if allocation is not None:
+        summary["allocation"] = allocation
     return summary

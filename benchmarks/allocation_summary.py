@@ -1,0 +1,115 @@
+"""Summary of mixed-precision allocation runs against the random control and uniform GPTQ.
+
+Reads records (one or more ``records`` folders or files), groups the APTQ runs by (average-bit
+budget, criterion, allocator), and prints / writes per run: WikiText-2 and C4 perplexity with their
+bootstrap intervals over windows (records with raw per-window NLLs), the random draws' mean ± std
+and bootstrap interval of the mean over draws, and paired tests (same windows) of each run against
+every other run it can be paired with that is named by ``--against`` (label substrings).
+
+    python benchmarks/allocation_summary.py /work/meas13/records reference/records --out results/allocation.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.results import stats
+from harness.results.records import load_record
+
+TASKS = ("wikitext2", "c4")
+
+
+def records(paths: list[str]) -> list[dict[str, Any]]:
+    files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
+    recs = [r for r in map(load_record, files) if r and r.get("status", "complete") == "complete" and "metrics" in r]
+    seen, out = set(), []
+    for r in recs:  # the same run id in two folders: once
+        if r["run_id"] not in seen:
+            seen.add(r["run_id"])
+            out.append(r)
+    return out
+
+
+def describe(r: dict[str, Any]) -> dict[str, Any]:
+    q, m = r["quantization"], r["method"]
+    opts = m["options"]
+    row: dict[str, Any] = {"run_id": r["run_id"], "label": m["label"], "avg_bits": round(q["avg_bits"], 4),
+                           "criterion": opts.get("sensitivity"), "allocator": opts.get("allocator", "greedy"),
+                           "seconds": (r.get("timings_s") or {}).get("total")}
+    for t in TASKS:
+        tm = r["metrics"].get(t)
+        if tm is None:
+            continue
+        row[t] = {"ppl": tm["ppl"]}
+        if "window_nll" in tm:
+            iv = stats.ppl_interval(tm["window_nll"])
+            row[t].update(lo=iv.low, hi=iv.high)
+    return row
+
+
+def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for t in TASKS:
+        x, y = a["metrics"].get(t, {}).get("window_nll"), b["metrics"].get(t, {}).get("window_nll")
+        if x is None or y is None or len(x) != len(y) or a["metrics"][t].get("tokens_sha256") != \
+                b["metrics"][t].get("tokens_sha256"):
+            continue
+        res = stats.paired_test(x, y, "ppl")
+        out[t] = {"diff": res.diff, "lo": res.ci.low, "hi": res.ci.high, "p": res.p_value}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+")
+    ap.add_argument("--match", default="g64 act ts", help="label substring of the runs to summarise")
+    ap.add_argument("--against", default="GPTQ,random,APTQ-75% g64 act ts",
+                    help="comma-separated label substrings: paired tests of every run against these")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    recs = [r for r in records(a.paths) if a.match in r["method"]["label"]]
+    rows = [describe(r) for r in recs]
+    random_rows = [r for r in rows if r["criterion"] == "random"]
+    summary: dict[str, Any] = {"runs": rows}
+    by_bits: dict[float, list] = {}
+    for r in random_rows:
+        by_bits.setdefault(r["avg_bits"], []).append(r)
+    summary["random"] = {}
+    for bits, rr in by_bits.items():
+        summary["random"][str(bits)] = {}
+        for t in TASKS:
+            vals = [r[t]["ppl"] for r in rr if t in r]
+            s = stats.seed_summary(vals)
+            if len(vals) > 1:
+                iv = stats.mean_interval(vals)
+                s.update(mean_lo=iv.low, mean_hi=iv.high)
+            summary["random"][str(bits)][t] = s
+    against = [s for s in a.against.split(",") if s]
+    tests = []
+    for ra in recs:
+        for rb in recs:
+            if ra is rb or not any(s in rb["method"]["label"] for s in against):
+                continue
+            res = paired(ra, rb)
+            if res:
+                tests.append({"a": ra["method"]["label"], "b": rb["method"]["label"], **res})
+    summary["paired"] = tests
+    text = json.dumps(summary, indent=1)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text)
+    for r in rows:
+        cells = [f"{t} {r[t]['ppl']:.2f}" + (f" [{r[t]['lo']:.2f}, {r[t]['hi']:.2f}]" if "lo" in r[t] else "")
+                 for t in TASKS if t in r]
+        print(f"{r['label']:<48} {r['avg_bits']:.3f}  " + "  ".join(cells))
+    print(json.dumps(summary["random"], indent=1))
+    for t in tests:
+        print(f"{t['a']}  −  {t['b']}: " + "; ".join(
+            f"{k} {v['diff']:+.2f} [{v['lo']:+.2f}, {v['hi']:+.2f}] p={v['p']:.3g}" for k, v in t.items()
+            if k in TASKS))
+
+
+if __name__ == "__main__":
+    main()
