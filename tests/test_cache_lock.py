@@ -86,7 +86,8 @@ def test_sensitivities_are_computed_once(tmp_path):
 
     from harness.quantize import sensitivity
 
-    method = SimpleNamespace(name="aptq", sensitivity_key=lambda: {"sensitivity": "trace"})
+    method = SimpleNamespace(name="aptq", sensitivity_key=lambda: {"sensitivity": "trace"},
+                             sensitivity_pass="blocks", sensitivity_table=None, sensitivity_windows=None)
 
     def child(builds):
         sensitivity.sensitivity_pass = counted(lambda *a: {"model.layers.0.self_attn.q_proj": 1.5}, builds)
