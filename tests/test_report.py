@@ -36,7 +36,8 @@ def test_markdown_groups_by_bit_width_bolds_the_best_and_shows_delta_and_effecti
     md = (out / f"{STEM}.md").read_text()
     assert "| Method | Bits | Eff. bits | wikitext2 ppl ↓ | c4 ppl ↓ |" in md
     assert "| APTQ g64 act ts | 4 | 4.312 | **32.75 ± –** (+3.56) | **31.45 ± –** (+2.65) |" in md  # 4-bit best
-    assert "| GPTQ g64 act ts | 3 | 3.297 | **72.50 ± –** (+43.31) |" in md  # 3-bit best
+    assert "| APTQ-75% g64 act ts measured knapsack tw2 | 3.5 | 3.805 | **66.24 ± 8.4** (+37.06) |" in md  # 3-bit best
+    assert "| GPTQ g64 act ts | 3 | 3.297 | 72.50 ± – (+43.31) |" in md  # in the same group, not bold
     assert "| FP16 | 16 | 16 | 29.19 ± 3.4 | 28.81 ± 4.6 |" in md  # alone in its group: not bold, no Δ
     assert md.index("*4-bit*") < md.index("| APTQ g64 act ts |") < md.index("*3-bit*") < md.index("*2-bit*")
     assert "APTQ-75% g64 act ts random | 3.5 | 3.805 | 75.57 ± 10 (n=3)" in md
