@@ -92,32 +92,46 @@ def dot_asm(bits: int, rows: int = 2) -> tuple[str, str]:
     P = 32 // bits
     F = 8 // bits
     pairs = P // 2
-    field = (1 << bits) - 1
     lines = ["{", ".reg .b32 t, h, acc, sc;", ".reg .b16 l16, h16;", ".reg .f32 lo, hi;"]
     first = True
     for r in range(rows):
-        w = f"${1 + r}"
-        for s in range(2):
-            src = w
-            if s:
-                lines.append(f"shr.u32 t, {w}, 8;")
-                src = "t"
-            for i in range(F):
-                p = F * s + i
-                mask = (field << (bits * i)) * 0x00010001
-                lines.append(f"lop3.b32 h, {src}, 0x{mask:08X}, 0x64006400, 0xEA;")
-                z = f"${1 + rows + i}"
-                if i == 0:
-                    lines.append(f"add.f16x2 h, h, {z};")
-                else:
-                    lines.append(f"mov.b32 sc, {_f16x2(2.0 ** (-bits * i))};")
-                    lines.append(f"fma.rn.f16x2 h, h, sc, {z};")
-                x = f"${1 + rows + F + r * pairs + p}"
-                lines.append(f"mul.f16x2 acc, h, {x};" if first else f"fma.rn.f16x2 acc, h, {x}, acc;")
-                first = False
+        for p, fixup in _pair_lines(bits, f"${1 + r}", "h", first_zero=1 + rows):
+            lines += fixup
+            x = f"${1 + rows + F + r * pairs + p}"
+            lines.append(f"mul.f16x2 acc, h, {x};" if first else f"fma.rn.f16x2 acc, h, {x}, acc;")
+            first = False
     lines += ["mov.b32 {l16, h16}, acc;", "cvt.f32.f16 lo, l16;", "cvt.f32.f16 hi, h16;", "add.f32 $0, lo, hi;", "}"]
     constraints = ",".join(["=r"] + ["r"] * (rows + F + rows * pairs))
     return "\n".join(lines), constraints
+
+
+def _pair_lines(bits: int, word: str, dest, first_zero: int):
+    """The PTX that turns one packed word into its P/2 half2 pairs of q − z, pair by pair: yields
+    ``(p, lines)``, the pair's lines leaving it in ``dest`` (a register name, or ``dest(p)``).
+
+    Byte offset s ∈ {0, 1} (the word, then the word shifted right by 8 into ``t``), field i < F: one
+    ``lop3`` ORs the two codes (one per 16-bit lane) into the mantissa of fp16 1024, then
+    ``+ Zᵢ`` (i = 0) or ``· 2^{−b·i} + Zᵢ`` gives the exact q − z; ``Zᵢ`` is operand ``$(first_zero + i)``."""
+    F = 8 // bits
+    field = (1 << bits) - 1
+    for s in range(2):
+        src = word
+        lines: list[str] = []
+        if s:
+            lines.append(f"shr.u32 t, {word}, 8;")
+            src = "t"
+        for i in range(F):
+            p = F * s + i
+            out = dest(p) if callable(dest) else dest
+            mask = (field << (bits * i)) * 0x00010001
+            z = f"${first_zero + i}"
+            lines.append(f"lop3.b32 h, {src}, 0x{mask:08X}, 0x64006400, 0xEA;")
+            if i == 0:
+                lines.append(f"add.f16x2 {out}, h, {z};")
+            else:
+                lines += [f"mov.b32 sc, {_f16x2(2.0 ** (-bits * i))};", f"fma.rn.f16x2 {out}, h, sc, {z};"]
+            yield p, lines
+            lines = []
 
 
 def zero_asm(bits: int) -> tuple[str, str]:
@@ -137,23 +151,9 @@ def unpack_asm(bits: int) -> tuple[str, str]:
     Pair p holds (k = p, k = p + P/2) of the word in its (lo, hi) lanes."""
     P = 32 // bits
     F = 8 // bits
-    field = (1 << bits) - 1
-    w = f"${P // 2}"
     lines = ["{", ".reg .b32 t, h, sc;"]
-    for s in range(2):
-        src = w
-        if s:
-            lines.append(f"shr.u32 t, {w}, 8;")
-            src = "t"
-        for i in range(F):
-            p = F * s + i
-            mask = (field << (bits * i)) * 0x00010001
-            lines.append(f"lop3.b32 h, {src}, 0x{mask:08X}, 0x64006400, 0xEA;")
-            z = f"${P // 2 + 1 + i}"
-            if i == 0:
-                lines.append(f"add.f16x2 ${p}, h, {z};")
-            else:
-                lines += [f"mov.b32 sc, {_f16x2(2.0 ** (-bits * i))};", f"fma.rn.f16x2 ${p}, h, sc, {z};"]
+    for _, fixup in _pair_lines(bits, f"${P // 2}", lambda p: f"${p}", first_zero=P // 2 + 1):
+        lines += fixup
     lines.append("}")
     return "\n".join(lines), ",".join(["=r"] * (P // 2) + ["r"] * (1 + F))
 
