@@ -101,12 +101,19 @@ def joined_ids(corpus: Corpus, tokenizer, special_tokens: bool = True, cache_dir
     key_src = json.dumps({"text": corpus.sha256(), "tokenizer": tokenizer_fingerprint(tokenizer),
                           "special_tokens": special_tokens}, sort_keys=True)
     path = Path(cache_dir) / "tokens" / f"{corpus.name}-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.pt"
+    return cached_tensor(path, lambda: encode(tokenizer, "\n\n".join(corpus.docs), special_tokens))
+
+
+def cached_tensor(path: Path, build) -> torch.Tensor:
+    """The tensor stored at ``path``, built by ``build()`` and written atomically the first time; jobs
+    that start together build it once (``cache_lock``: the others wait, then read it)."""
     if not path.is_file():
         with cache_lock(path):
-            if not path.is_file():
-                ids = encode(tokenizer, "\n\n".join(corpus.docs), special_tokens)
+            if not path.is_file():  # another job may have built it while this one waited
+                tensor = build()
                 with atomic_output(path) as tmp:
-                    torch.save(ids, tmp)
+                    torch.save(tensor, tmp)
+                log.info("cached %s", path)
     return torch.load(path)
 
 
@@ -149,19 +156,11 @@ def calibration_windows(
     path = cache_dir / "calibration" / f"{spec.source}-{spec.nsamples}x{spec.seqlen}-s{spec.seed}-{key}.pt"
     info = {**asdict(spec), "corpus": corpus.name, "corpus_source": corpus.source,
             "corpus_sha256": corpus.sha256(), "cache_key": key}
-    if not path.is_file():
-        with cache_lock(path):
-            if not path.is_file():  # another job may have drawn them while this one waited
-                draw_calibration(spec, corpus, tokenizer, path)
-    return torch.load(path), info
+    return cached_tensor(path, lambda: draw_calibration(spec, corpus, tokenizer)), info
 
 
-def draw_calibration(spec: CalibrationSpec, corpus: Corpus, tokenizer, path: Path) -> None:
-    """Draw the calibration windows of ``spec`` from ``corpus`` and write them to ``path`` atomically."""
+def draw_calibration(spec: CalibrationSpec, corpus: Corpus, tokenizer) -> torch.Tensor:
+    """The (nsamples, seqlen) calibration windows of ``spec`` drawn from ``corpus``."""
     if spec.source == "c4":
-        windows = random_doc_windows(corpus.docs, tokenizer, spec.nsamples, spec.seqlen, spec.seed)
-    else:
-        windows = random_text_windows(joined_ids(corpus, tokenizer), spec.nsamples, spec.seqlen, spec.seed)
-    with atomic_output(path) as tmp:
-        torch.save(windows, tmp)
-    log.info("cached calibration windows at %s", path)
+        return random_doc_windows(corpus.docs, tokenizer, spec.nsamples, spec.seqlen, spec.seed)
+    return random_text_windows(joined_ids(corpus, tokenizer), spec.nsamples, spec.seqlen, spec.seed)
