@@ -3,10 +3,13 @@
 Reads records (one or more ``records`` folders or files), groups the APTQ runs by (average-bit
 budget, criterion, allocator), and prints / writes per run: WikiText-2 and C4 perplexity with their
 bootstrap intervals over windows (records with raw per-window NLLs), the random draws' mean ± std
-and bootstrap interval of the mean over draws, and paired tests (same windows) of each run against
-every other run it can be paired with that is named by ``--against`` (label substrings).
+and bootstrap interval of the mean over draws, each run against the random draws of its budget
+(``stats.versus_draws``: is it more than one more random draw?), and paired tests (same windows) of
+each run against every other run it can be paired with that is named by ``--against`` (label
+substrings). ``--md`` writes the Markdown table of the closing note.
 
-    python benchmarks/allocation_summary.py /work/meas13/records reference/records --out results/allocation.json
+    python benchmarks/allocation_summary.py /work/meas13/records reference/records --out results/allocation.json \
+        --md results/allocation.md
 """
 from __future__ import annotations
 
@@ -61,6 +64,55 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def window_nll(r: dict[str, Any], t: str) -> list[float] | None:
+    return (r["metrics"].get(t) or {}).get("window_nll")
+
+
+def versus_random(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every non-random run against the random draws of the same average bits, per task."""
+    out: dict[str, Any] = {}
+    for ra in recs:
+        q, opts = ra["quantization"], ra["method"]["options"]
+        if opts.get("sensitivity") == "random" or ra["method"]["name"] != "aptq":
+            continue
+        bits = round(q["avg_bits"], 4)
+        draws = [r for r in recs if r["method"]["name"] == "aptq" and r["method"]["options"].get("sensitivity")
+                 == "random" and round(r["quantization"]["avg_bits"], 4) == bits]
+        res = {}
+        for t in TASKS:
+            x = window_nll(ra, t)
+            ys = [window_nll(r, t) for r in draws if window_nll(r, t) is not None
+                  and r["metrics"][t].get("tokens_sha256") == ra["metrics"][t].get("tokens_sha256")]
+            if x is not None and len(ys) >= 2:
+                res[t] = stats.versus_draws(x, ys, "ppl").as_record()
+        if res:
+            out[ra["run_id"]] = {"label": ra["method"]["label"], **res}
+    return out
+
+
+def _cell(row: dict[str, Any], t: str) -> str:
+    c = row.get(t)
+    if c is None:
+        return "–"
+    return f"{c['ppl']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]" if "lo" in c else f"{c['ppl']:.2f}"
+
+
+def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """The closing-note table: each run, its intervals, and its test against the random draws."""
+    lines = ["| avg bits | run | WikiText-2 [95% CI] | C4 [95% CI] | − random mean, WikiText-2 [95% CI], p "
+             "| − random mean, C4 [95% CI], p |", "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["avg_bits"], r["criterion"] == "random", r["label"])):
+        v = summary["versus_random"].get(r["run_id"], {})
+        tests = [f"{v[t]['diff_mean']:+.2f} [{v[t]['t_ci']['low']:+.2f}, {v[t]['t_ci']['high']:+.2f}], "
+                 f"p = {v[t]['p_value']:.2g}" if t in v else "–" for t in TASKS]
+        lines.append(f"| {r['avg_bits']:.3f} | {r['label']} | {_cell(r, 'wikitext2')} | {_cell(r, 'c4')} | "
+                     f"{tests[0]} | {tests[1]} |")
+    for bits, s in summary["random"].items():
+        cells = [f"{s[t]['mean']:.2f} ± {s[t]['std']:.2f} (n={s[t]['n']})" if t in s else "–" for t in TASKS]
+        lines.append(f"| {float(bits):.3f} | random draws, mean ± std | {cells[0]} | {cells[1]} | | |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+")
@@ -68,6 +120,7 @@ def main() -> None:
     ap.add_argument("--against", default="GPTQ,random,APTQ-75% g64 act ts",
                     help="comma-separated label substrings: paired tests of every run against these")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--md", default=None, help="write the Markdown table here")
     a = ap.parse_args()
     recs = [r for r in records(a.paths) if a.match in r["method"]["label"]]
     rows = [describe(r) for r in recs]
@@ -96,10 +149,14 @@ def main() -> None:
             if res:
                 tests.append({"a": ra["method"]["label"], "b": rb["method"]["label"], **res})
     summary["paired"] = tests
+    summary["versus_random"] = versus_random(recs)
     text = json.dumps(summary, indent=1)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text)
+    if a.md:
+        Path(a.md).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.md).write_text(markdown(rows, summary))
     for r in rows:
         cells = [f"{t} {r[t]['ppl']:.2f}" + (f" [{r[t]['lo']:.2f}, {r[t]['hi']:.2f}]" if "lo" in r[t] else "")
                  for t in TASKS if t in r]

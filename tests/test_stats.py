@@ -74,6 +74,26 @@ def test_paired_test_finds_a_planted_difference_and_not_a_null_one():
     assert res.significant and res.diff > 0.03
 
 
+def test_versus_draws_finds_a_run_better_than_the_control_and_not_one_of_its_own_draws():
+    rng = np.random.default_rng(2)
+    base = rng.normal(3.0, 0.5, 40)  # the windows' own difficulty, shared by every run
+
+    def draw(shift):  # a run: the shared windows + its own offset (a draw's quality) + small noise
+        return base + shift + rng.normal(0, 0.01, 40)
+
+    draws = [draw(rng.normal(0.10, 0.05)) for _ in range(8)]
+    good = stats.versus_draws(draw(-0.15), draws, "ppl")  # 5 draw-sd better than their mean
+    assert good.significant and good.diff_mean < 0 and good.t_ci.high < 0 and good.beats == 8
+    # A draw of the control itself is not flagged, at about the nominal rate over repetitions
+    flags = 0
+    for _ in range(100):
+        ds = [draw(rng.normal(0.10, 0.05)) for _ in range(9)]
+        flags += stats.versus_draws(ds[0], ds[1:], "ppl", n_resamples=200).significant
+    assert flags <= 12
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        stats.versus_draws(base, [base], "ppl")
+
+
 def test_seed_summary():
     s = stats.seed_summary([1.0, 2.0, 3.0])
     assert s == {"mean": 2.0, "std": 1.0, "n": 3, "values": [1.0, 2.0, 3.0]}

@@ -10,6 +10,9 @@
   bootstrap interval (windows or items resampled jointly) and a two-sided p-value from a paired
   permutation test (sign flips of the per-unit differences, ``scipy.stats.permutation_test``).
   For perplexity the tested statistic is the mean NLL difference (ppl is monotone in it).
+- A run against a random control's k draws (``versus_draws``): the draws are the replication unit;
+  H0 "A is one more draw" is tested on the paired differences A − B_d with the prediction-interval
+  t-test, plus how many single draws A beats or loses to with a significant paired test.
 
 Display style (one, everywhere): ``value ± h`` where ``h`` is half the width of the 95% interval
 (the exact, possibly asymmetric bounds are in the record as ``*_ci``); over calibration seeds,
@@ -137,6 +140,61 @@ def paired_test(a: Sequence[float], b: Sequence[float], metric: str, n_resamples
     ci = Interval(lo, hi, level, "paired bootstrap percentile", n_resamples, seed)
     return Paired(metric, value_a, value_b, value_a - value_b, ci, p, len(d),
                   "paired permutation (sign flips) of the per-unit differences")
+
+
+@dataclass(frozen=True)
+class VersusDraws:
+    """One run A against a random control's draws B_1..B_k on the same windows / items."""
+
+    metric: str
+    a: float
+    draws: list[float]
+    diff_mean: float  # mean over draws of (A − B_d)
+    diff_std: float
+    t_ci: Interval  # t interval of the mean difference over draws
+    p_value: float  # H0: A is exchangeable with the draws (prediction-interval t-test)
+    beats: int  # draws that A beats with a significant paired test (on the windows / items)
+    loses: int  # draws that beat A with a significant paired test
+    test: str
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+    def as_record(self) -> dict[str, Any]:
+        return {**asdict(self), "t_ci": self.t_ci.as_record(), "significant": self.significant}
+
+
+def versus_draws(a: Sequence[float], draws: Sequence[Sequence[float]], metric: str, lower_is_better: bool = True,
+                 n_resamples: int = N_RESAMPLES, seed: int = SEED, level: float = LEVEL) -> VersusDraws:
+    """Is A more than one more draw of a random control B? The draws are the unit of replication
+    (their spread is what a single draw cannot show). With the paired differences d_i = A − B_i
+    (same windows / items, so the evaluation noise mostly cancels), H0 is that A is exchangeable
+    with the draws: t = mean(d) / (sd(d)·√(1 + 1/k)), Student t with k − 1 degrees of freedom
+    (the prediction-interval test; a one-sample t-test of mean(d) = 0 would instead flag about half
+    of the control's own draws, which do differ from its mean). ``t_ci`` is the t interval of
+    A − E[B] (sd(d)/√k). ``beats`` / ``loses`` count the single draws with a significant
+    ``paired_test``."""
+    if len(draws) < 2:
+        raise ValueError(f"a test against a random control needs at least 2 draws, got {len(draws)}")
+    per = [paired_test(a, b, metric, n_resamples, seed, level) for b in draws]
+    d = np.array([p.diff for p in per])
+    k = len(d)
+    sd = float(d.std(ddof=1))
+    mean = float(d.mean())
+    if sd == 0.0:
+        p_value, lo, hi = (1.0 if mean == 0 else 0.0), mean, mean
+    else:
+        t = stats.t(df=k - 1)
+        p_value = float(2 * t.sf(abs(mean) / (sd * np.sqrt(1 + 1 / k))))
+        q = float(t.ppf(0.5 + level / 2)) * sd / np.sqrt(k)
+        lo, hi = mean - q, mean + q
+    better = (lambda p: p.diff < 0) if lower_is_better else (lambda p: p.diff > 0)
+    return VersusDraws(metric, per[0].a, [p.b for p in per], mean, sd,
+                       Interval(lo, hi, level, f"t interval over {k} draws", 0, seed), p_value,
+                       sum(p.significant and better(p) for p in per),
+                       sum(p.significant and not better(p) for p in per),
+                       "A exchangeable with the draws: t = mean(d)/(sd(d)·sqrt(1+1/k)), df k-1, d_i = A - B_i")
 
 
 def seed_summary(values: Sequence[float]) -> dict[str, Any]:
