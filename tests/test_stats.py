@@ -74,6 +74,26 @@ def test_paired_test_finds_a_planted_difference_and_not_a_null_one():
     assert res.significant and res.diff > 0.03
 
 
+def test_paired_suite_test_finds_a_planted_difference_in_the_mean_and_not_a_null_one():
+    rng = np.random.default_rng(3)
+    a = [(rng.random(n) < p).astype(float) for n, p in ((300, 0.6), (200, 0.4), (250, 0.5))]
+    b = [x.copy() for x in a]
+    b[0][:30] = 1.0  # 30 items of the first task planted right in B
+    res = stats.paired_suite_test(b, a)
+    planted = np.mean([(y - x).mean() for x, y in zip(a, b)])
+    assert res.significant and res.diff == pytest.approx(planted) and res.ci.low > 0 and res.units == 750
+    same = stats.paired_suite_test(a, [x.copy() for x in a])
+    assert same.p_value == 1.0 and same.diff == 0
+    flags = 0
+    for i in range(100):  # two runs that each flip 5% of the items at random: no real difference
+        c = [np.where(rng.random(len(x)) < 0.05, 1 - x, x) for x in a]
+        e = [np.where(rng.random(len(x)) < 0.05, 1 - x, x) for x in a]
+        flags += stats.paired_suite_test(c, e, n_resamples=500, seed=i).significant
+    assert flags <= 12
+    with pytest.raises(ValueError, match="same items"):
+        stats.paired_suite_test(a, [a[0][:10], a[1], a[2]])
+
+
 def test_versus_draws_finds_a_run_better_than_the_control_and_not_one_of_its_own_draws():
     rng = np.random.default_rng(2)
     base = rng.normal(3.0, 0.5, 40)  # the windows' own difficulty, shared by every run

@@ -1,11 +1,13 @@
 """Zero-shot tasks through lm-eval: the plugin on a tiny model (quantized), config errors, tables,
 and equality with a direct lm-eval run on the default model (a slice of every task)."""
+import copy
 import json
 
 import pytest
 
 from harness.errors import ConfigError
 from harness.plugins.manager import make_plugins
+from harness.results.compare import compare
 from harness.results.report import build_tables, render
 from harness.run import build, execute
 from tasks.zeroshot import DEFAULT_METRIC, samples_sha256
@@ -70,6 +72,15 @@ def test_quantized_tiny_model_through_the_suite_and_the_tables(tiny_cfg, tmp_pat
     assert "zeroshot mean accuracy ↑" in written["leaderboard.md"].read_text()  # ranked by Pareto rank
     saved = json.loads(next((tmp_path / "results" / "records").glob("*.json")).read_text())
     assert saved["metrics"]["zeroshot"]["tasks"]["piqa"]["acc"] == zs["tasks"]["piqa"]["acc"]
+    other = copy.deepcopy(rec)  # the same run with one PIQA item flipped: the suite mean pairs item for item
+    other["run_id"] = "other"
+    item = other["metrics"]["zeroshot"]["tasks"]["piqa"]["per_item"]
+    item["acc"][0] = 1 - item["acc"][0]
+    rows = {r["task"]: r for r in compare(other, rec, n_resamples=200)}
+    assert list(rows) == [f"zeroshot/{t}" for t in SUITE] + ["winogrande", "zeroshot/mean"]
+    flipped = (item["acc"][0] - rec["metrics"]["zeroshot"]["tasks"]["piqa"]["per_item"]["acc"][0]) / 3
+    assert rows["zeroshot/piqa"]["diff"] == pytest.approx(flipped)
+    assert rows["zeroshot/mean"]["diff"] == pytest.approx(flipped / 5) and rows["zeroshot/mean"]["units"] == 15
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 A and B are record files, run ids (or a unique prefix) or method labels (unique within the folder).
 For every task both records evaluated, on the same windows (perplexity) or items (zero-shot): the
 difference A − B with a 95% paired bootstrap interval and the p-value of a paired permutation test
-(``harness.results.stats.paired_test``). Two records whose protocols or evaluation data differ
+(``harness.results.stats.paired_test``); for a zero-shot suite also its mean over tasks
+(``paired_suite_test``). Two records whose protocols or evaluation data differ
 are refused with one line: their numbers are not comparable unit by unit.
 """
 from __future__ import annotations
@@ -96,9 +97,16 @@ def compare(a: dict[str, Any], b: dict[str, Any], tasks: list[str] | None = None
             n_resamples: int = 10_000, seed: int = stats.SEED) -> list[dict[str, Any]]:
     """One paired result per task (and per suite member) of A − B."""
     rows = []
+    suites: dict[str, list[tuple[list, list]]] = {}
     for name, metric, x, y in pairs(a, b, tasks):
         res = stats.paired_test(x, y, "ppl" if metric == "ppl" else "score", n_resamples=n_resamples, seed=seed)
         rows.append({"task": name, **res.as_record(), "metric": metric})
+        if "/" in name:
+            suites.setdefault(name.split("/")[0], []).append((x, y))
+    for suite, members in suites.items():  # the suite mean, when both ran every member of A's suite
+        if len(members) == len(a["metrics"][suite].get("tasks", {})) > 1:
+            res = stats.paired_suite_test([x for x, _ in members], [y for _, y in members], n_resamples, seed)
+            rows.append({"task": f"{suite}/mean", **res.as_record(), "metric": "mean"})
     return rows
 
 

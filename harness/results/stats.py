@@ -197,6 +197,33 @@ def versus_draws(a: Sequence[float], draws: Sequence[Sequence[float]], metric: s
                        "A exchangeable with the draws: t = mean(d)/(sd(d)·sqrt(1+1/k)), df k-1, d_i = A - B_i")
 
 
+def paired_suite_test(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], n_resamples: int = N_RESAMPLES,
+                      seed: int = SEED, level: float = LEVEL) -> Paired:
+    """Paired difference of two runs' suite means (Table 2's mean of task accuracies): ``a``, ``b`` are
+    per-task per-item scores on the same items. The statistic is the mean over tasks of the per-task
+    mean differences; the interval resamples each task's items on their own, A and B jointly (that is,
+    each task's per-item differences: ``suite_mean_interval`` of them); the p-value is a sign-flip
+    permutation test of the per-item differences, flipped independently within every task."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired suite results need the same tasks: {len(a)} vs {len(b)}")
+    if any(len(x) != len(y) for x, y in zip(a, b, strict=True)):
+        raise ValueError("paired suite results need the same items in every task")
+    d = [np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64) for x, y in zip(a, b, strict=True)]
+    observed = float(np.mean([x.mean() for x in d]))
+    ci = suite_mean_interval(d, n_resamples, seed, level)
+    if all(np.all(x == 0) for x in d):
+        p = 1.0
+    else:
+        rng = np.random.default_rng(seed)
+        null = np.mean([(rng.choice((-1.0, 1.0), size=(n_resamples, len(x))) * x).mean(axis=1) for x in d], axis=0)
+        p = float((1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (n_resamples + 1))
+    value_a = float(np.mean([np.mean(x) for x in a]))
+    value_b = float(np.mean([np.mean(y) for y in b]))
+    interval = Interval(ci.low, ci.high, level, "paired bootstrap percentile over items, per task", n_resamples, seed)
+    return Paired("score", value_a, value_b, observed, interval, p, sum(len(x) for x in d),
+                  "paired permutation (sign flips within each task) of the per-item differences")
+
+
 def seed_summary(values: Sequence[float]) -> dict[str, Any]:
     """Mean ± sample std over calibration seeds (std 0 for one seed), with the per-seed values."""
     v = np.asarray(values, dtype=np.float64)
