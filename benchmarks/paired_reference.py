@@ -19,6 +19,7 @@ M = "SmolLM2-135M-Instruct-"
 FP16, RTN4 = M + "FP16__5daa3d8e8b", M + "RTN-w4__b6384049b5"
 GPTQ4 = {0: M + "GPTQ-w4__b4b47b52c4", 1: M + "GPTQ-w4__992541e3a2", 2: M + "GPTQ-w4__9859a870cf"}
 APTQ4 = {0: M + "APTQ__a15a26d34c", 1: M + "APTQ__c67580822d", 2: M + "APTQ__382da39308"}
+ZS_FP16, ZS_APTQ4 = M + "FP16__7d8d1ff929", M + "APTQ__ec4dc45947"  # zero-shot suite, 500 items per task
 
 PAIRS = [
     *[(APTQ4[s], GPTQ4[s]) for s in (0, 1, 2)],  # same calibration draw
@@ -28,6 +29,7 @@ PAIRS = [
     (GPTQ4[1], GPTQ4[0]), (GPTQ4[2], GPTQ4[0]),
     (APTQ4[1], APTQ4[0]), (APTQ4[2], APTQ4[0]),
     (APTQ4[0], FP16), (RTN4, FP16),
+    (ZS_APTQ4, ZS_FP16),
 ]
 
 
