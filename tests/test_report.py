@@ -69,7 +69,7 @@ def test_pareto_frontier_and_leaderboard(rendered):
 
 def test_plots_are_written_as_png_and_svg(rendered):
     out, written, _ = rendered
-    for name in ("wikitext2_ppl", "c4_ppl", "zeroshot_mean"):
+    for name in ("wikitext2_ppl", "c4_ppl", "zeroshot_mean_limit_100", "zeroshot_mean_limit_500"):
         for ext in ("png", "svg"):
             path = out / "plots" / f"{STEM}__{name}.{ext}"
             assert path.is_file() and path.stat().st_size > 5_000 and written[path.name] == path

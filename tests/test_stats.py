@@ -80,7 +80,7 @@ def test_paired_suite_test_finds_a_planted_difference_in_the_mean_and_not_a_null
     b = [x.copy() for x in a]
     b[0][:30] = 1.0  # 30 items of the first task planted right in B
     res = stats.paired_suite_test(b, a)
-    planted = np.mean([(y - x).mean() for x, y in zip(a, b)])
+    planted = np.mean([(y - x).mean() for x, y in zip(a, b, strict=True)])
     assert res.significant and res.diff == pytest.approx(planted) and res.ci.low > 0 and res.units == 750
     same = stats.paired_suite_test(a, [x.copy() for x in a])
     assert same.p_value == 1.0 and same.diff == 0

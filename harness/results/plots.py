@@ -9,6 +9,7 @@ line through its members.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def plot_table(table: dict[str, Any], folder: Path, stem: str, title: str) -> di
     """Every column's plot for one (model, profile) table → {"<column> png|svg": path}."""
     out = {}
     for col in table["columns"]:
-        name = col.name.replace(" ", "_").replace("/", "-")
+        name = re.sub(r"[^A-Za-z0-9._]+", "_", col.name).strip("_")  # "a b [limit=500]": a_b_limit_500
         for path in plot_column(table, col, f"{title}: {col.name}", folder / f"{stem}__{name}"):
             out[f"{col.name} {path.suffix[1:]}"] = path
     return out
