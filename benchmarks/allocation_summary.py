@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.results import stats
+from harness.results.compare import unpairable
 from harness.results.records import load_record
 
 TASKS = ("wikitext2", "c4")
@@ -55,11 +56,9 @@ def describe(r: dict[str, Any]) -> dict[str, Any]:
 def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for t in TASKS:
-        x, y = a["metrics"].get(t, {}).get("window_nll"), b["metrics"].get(t, {}).get("window_nll")
-        if x is None or y is None or len(x) != len(y) or a["metrics"][t].get("tokens_sha256") != \
-                b["metrics"][t].get("tokens_sha256"):
+        if unpairable(a, b, t) is not None:
             continue
-        res = stats.paired_test(x, y, "ppl")
+        res = stats.paired_test(window_nll(a, t), window_nll(b, t), "ppl")
         out[t] = {"diff": res.diff, "lo": res.ci.low, "hi": res.ci.high, "p": res.p_value}
     return out
 
@@ -81,8 +80,7 @@ def versus_random(recs: list[dict[str, Any]]) -> dict[str, Any]:
         res = {}
         for t in TASKS:
             x = window_nll(ra, t)
-            ys = [window_nll(r, t) for r in draws if window_nll(r, t) is not None
-                  and r["metrics"][t].get("tokens_sha256") == ra["metrics"][t].get("tokens_sha256")]
+            ys = [window_nll(r, t) for r in draws if unpairable(ra, r, t) is None]
             if x is not None and len(ys) >= 2:
                 res[t] = stats.versus_draws(x, ys, "ppl").as_record()
         if res:

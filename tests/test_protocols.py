@@ -12,7 +12,7 @@ from harness.inputs.data import load_corpus
 from harness.inputs.model import load_tokenizer
 from harness.inputs.windows import encode, joined_ids
 from harness.plugins.task import TaskEnv
-from harness.results.compare import check_pairable
+from harness.results.compare import check_pairable, unpairable
 from harness.results.report import build_tables, to_markdown
 from harness.run import execute, plan
 from tasks.perplexity import C4, PerplexityConfig, WikiText2
@@ -105,6 +105,13 @@ def test_per_window_run_is_recorded_and_tables_never_mix_protocols(tiny_cfg):
 
     with pytest.raises(ConfigError, match="protocols differ \\(bos: none vs per_window\\)"):
         check_pairable(none, per, "wikitext2")
+    assert "protocols differ (bos: none vs per_window)" in unpairable(none, per, "wikitext2")
+    assert unpairable(none, copy.deepcopy(none), "wikitext2") is None
+    shifted = copy.deepcopy(none)
+    shifted["metrics"]["wikitext2"]["tokens_sha256"] = "0" * 64  # same protocol, other text: not window by window
+    assert "different text" in unpairable(none, shifted, "wikitext2")
+    del shifted["metrics"]["wikitext2"]["window_nll"]
+    assert "no per-window results" in unpairable(none, shifted, "wikitext2")
 
 
 def test_records_written_before_the_bos_field_read_as_bos_none(tiny_cfg):
