@@ -36,10 +36,16 @@ def records(paths: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def name(r: dict[str, Any]) -> str:
+    """The method label, with ``w<bits>`` for a method with one bit width (GPTQ-3 and GPTQ-4 share a label)."""
+    label, bits = r["method"]["label"], r["method"]["options"].get("bits")
+    return label if bits is None else f"{label} w{bits}"
+
+
 def describe(r: dict[str, Any]) -> dict[str, Any]:
     q, m = r["quantization"], r["method"]
     opts = m["options"]
-    row: dict[str, Any] = {"run_id": r["run_id"], "label": m["label"], "avg_bits": round(q["avg_bits"], 4),
+    row: dict[str, Any] = {"run_id": r["run_id"], "label": name(r), "avg_bits": round(q["avg_bits"], 4),
                            "criterion": opts.get("sensitivity"), "allocator": opts.get("allocator", "greedy"),
                            "seconds": (r.get("timings_s") or {}).get("total")}
     for t in TASKS:
@@ -84,7 +90,7 @@ def versus_random(recs: list[dict[str, Any]]) -> dict[str, Any]:
             if x is not None and len(ys) >= 2:
                 res[t] = stats.versus_draws(x, ys, "ppl").as_record()
         if res:
-            out[ra["run_id"]] = {"label": ra["method"]["label"], **res}
+            out[ra["run_id"]] = {"label": name(ra), **res}
     return out
 
 
@@ -145,7 +151,7 @@ def main() -> None:
                 continue
             res = paired(ra, rb)
             if res:
-                tests.append({"a": ra["method"]["label"], "b": rb["method"]["label"], **res})
+                tests.append({"a": name(ra), "b": name(rb), **res})
     summary["paired"] = tests
     summary["versus_random"] = versus_random(recs)
     text = json.dumps(summary, indent=1)
