@@ -42,11 +42,21 @@ def name(r: dict[str, Any]) -> str:
     return label if bits is None else f"{label} w{bits}"
 
 
+def budget(r: dict[str, Any]) -> str:
+    """What a random control must share with a run: the average bits, and the widths when not {low, high}
+    (a {2, 3, 4} plan is compared with {2, 3, 4} random draws)."""
+    q, opts = r["quantization"], r["method"]["options"]
+    choices = (q.get("allocation") or {}).get("choices") or [opts.get("low_bits"), opts.get("high_bits")]
+    plain = len(choices) == 2
+    return f"{q['avg_bits']:.3f}" + ("" if plain else " b" + "".join(map(str, choices)))
+
+
 def describe(r: dict[str, Any]) -> dict[str, Any]:
     q, m = r["quantization"], r["method"]
     opts = m["options"]
     row: dict[str, Any] = {"run_id": r["run_id"], "label": name(r), "avg_bits": round(q["avg_bits"], 4),
-                           "criterion": opts.get("sensitivity"), "allocator": opts.get("allocator", "greedy"),
+                           "budget": budget(r), "criterion": opts.get("sensitivity"),
+                           "allocator": opts.get("allocator", "greedy"),
                            "seconds": (r.get("timings_s") or {}).get("total")}
     for t in TASKS:
         tm = r["metrics"].get(t)
@@ -74,15 +84,14 @@ def window_nll(r: dict[str, Any], t: str) -> list[float] | None:
 
 
 def versus_random(recs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every non-random run against the random draws of the same average bits, per task."""
+    """Every non-random APTQ run against the random draws of the same budget (``budget``), per task."""
     out: dict[str, Any] = {}
     for ra in recs:
-        q, opts = ra["quantization"], ra["method"]["options"]
+        opts = ra["method"]["options"]
         if opts.get("sensitivity") == "random" or ra["method"]["name"] != "aptq":
             continue
-        bits = round(q["avg_bits"], 4)
         draws = [r for r in recs if r["method"]["name"] == "aptq" and r["method"]["options"].get("sensitivity")
-                 == "random" and round(r["quantization"]["avg_bits"], 4) == bits]
+                 == "random" and budget(r) == budget(ra)]
         res = {}
         for t in TASKS:
             x = window_nll(ra, t)
@@ -111,9 +120,11 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                  f"p = {v[t]['p_value']:.2g}" if t in v else "–" for t in TASKS]
         lines.append(f"| {r['avg_bits']:.3f} | {r['label']} | {_cell(r, 'wikitext2')} | {_cell(r, 'c4')} | "
                      f"{tests[0]} | {tests[1]} |")
-    for bits, s in summary["random"].items():
+    for key, s in summary["random"].items():
         cells = [f"{s[t]['mean']:.2f} ± {s[t]['std']:.2f} (n={s[t]['n']})" if t in s else "–" for t in TASKS]
-        lines.append(f"| {float(bits):.3f} | random draws, mean ± std | {cells[0]} | {cells[1]} | | |")
+        bits, _, widths = key.partition(" ")
+        what = f"random draws{' ' + widths if widths else ''}, mean ± std"
+        lines.append(f"| {bits} | {what} | {cells[0]} | {cells[1]} | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,19 +141,19 @@ def main() -> None:
     rows = [describe(r) for r in recs]
     random_rows = [r for r in rows if r["criterion"] == "random"]
     summary: dict[str, Any] = {"runs": rows}
-    by_bits: dict[float, list] = {}
+    by_budget: dict[str, list] = {}
     for r in random_rows:
-        by_bits.setdefault(r["avg_bits"], []).append(r)
+        by_budget.setdefault(r["budget"], []).append(r)
     summary["random"] = {}
-    for bits, rr in by_bits.items():
-        summary["random"][str(bits)] = {}
+    for key, rr in by_budget.items():
+        summary["random"][key] = {}
         for t in TASKS:
             vals = [r[t]["ppl"] for r in rr if t in r]
             s = stats.seed_summary(vals)
             if len(vals) > 1:
                 iv = stats.mean_interval(vals)
                 s.update(mean_lo=iv.low, mean_hi=iv.high)
-            summary["random"][str(bits)][t] = s
+            summary["random"][key][t] = s
     against = [s for s in a.against.split(",") if s]
     tests = []
     for ra in recs:
