@@ -21,19 +21,19 @@ from typing import Any
 from harness.results import stats
 from harness.results.compare import unpairable
 from harness.results.records import load_record
+from harness.results.report import seed_of
 
 TASKS = ("wikitext2", "c4")
 
 
 def records(paths: list[str]) -> list[dict[str, Any]]:
+    """The complete records under ``paths``; of several of one run (label, budget, seed), the newest."""
     files = [f for p in map(Path, paths) for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
     recs = [r for r in map(load_record, files) if r and r.get("status", "complete") == "complete" and "metrics" in r]
-    seen, out = set(), []
-    for r in recs:  # the same run id in two folders: once
-        if r["run_id"] not in seen:
-            seen.add(r["run_id"])
-            out.append(r)
-    return out
+    newest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in sorted(recs, key=lambda r: r.get("finished", "")):  # a re-run of the same draw: the newest (as the report)
+        newest[(name(r), budget(r), seed_of(r))] = r
+    return list(newest.values())
 
 
 def name(r: dict[str, Any]) -> str:
@@ -111,20 +111,26 @@ def _cell(row: dict[str, Any], t: str) -> str:
 
 
 def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    """The closing-note table: each run, its intervals, and its test against the random draws."""
+    """The closing-note table: each run, its intervals, and its test against the random draws (each
+    budget's draws summed up after its runs)."""
     lines = ["| avg bits | run | WikiText-2 [95% CI] | C4 [95% CI] | − random mean, WikiText-2 [95% CI], p "
              "| − random mean, C4 [95% CI], p |", "|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["avg_bits"], r["criterion"] == "random", r["label"])):
+    order = sorted(rows, key=lambda r: (r["avg_bits"], r["criterion"] == "random", r["label"]))
+    for i, r in enumerate(order):
         v = summary["versus_random"].get(r["run_id"], {})
         tests = [f"{v[t]['diff_mean']:+.2f} [{v[t]['t_ci']['low']:+.2f}, {v[t]['t_ci']['high']:+.2f}], "
                  f"p = {v[t]['p_value']:.2g}" if t in v else "–" for t in TASKS]
         lines.append(f"| {r['avg_bits']:.3f} | {r['label']} | {_cell(r, 'wikitext2')} | {_cell(r, 'c4')} | "
                      f"{tests[0]} | {tests[1]} |")
-    for key, s in summary["random"].items():
-        cells = [f"{s[t]['mean']:.2f} ± {s[t]['std']:.2f} (n={s[t]['n']})" if t in s else "–" for t in TASKS]
-        bits, _, widths = key.partition(" ")
-        what = f"random draws{' ' + widths if widths else ''}, mean ± std"
-        lines.append(f"| {bits} | {what} | {cells[0]} | {cells[1]} | | |")
+        if i + 1 < len(order) and order[i + 1]["avg_bits"] == r["avg_bits"]:
+            continue
+        for key, s in summary["random"].items():  # after the last row of these bits
+            bits, _, widths = key.partition(" ")
+            if float(bits) != r["avg_bits"]:
+                continue
+            cells = [f"{s[t]['mean']:.2f} ± {s[t]['std']:.2f} (n={s[t]['n']})" if t in s else "–" for t in TASKS]
+            lines.append(f"| {bits} | random draws{' ' + widths if widths else ''}, mean ± std | {cells[0]} | "
+                         f"{cells[1]} | | |")
     return "\n".join(lines) + "\n"
 
 
