@@ -204,8 +204,14 @@ class Aptq(Gptq):
 
     def label(self) -> str:
         c = self.config
-        base = "APTQ" if c.ratio == 1 else f"APTQ-{round(100 * c.ratio)}%"
         mixed = 0 < c.ratio < 1
+        widths = (c.low_bits, c.high_bits) != (2, 4)  # non-default widths are named: APTQ-3, APTQ-50% w3/4
+        if c.ratio == 1:
+            base = f"APTQ-{c.high_bits}" if widths else "APTQ"
+        elif c.ratio == 0:
+            base = f"APTQ-{c.low_bits}" if widths else "APTQ-0%"
+        else:
+            base = f"APTQ-{round(100 * c.ratio)}%" + (f" w{c.low_bits}/{c.high_bits}" if widths else "")
         tags = [*self.solver_tags(), "H-layer" if c.hessian == "layer" else "",
                 c.sensitivity if c.sensitivity != "trace" and mixed else "",
                 c.allocator if c.allocator != "greedy" and mixed else "",

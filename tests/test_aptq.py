@@ -165,3 +165,12 @@ def test_one_pass_collection_gives_gptq_hessians_for_the_rest_and_the_block_outp
     for n in ("b.self_attn.o_proj", "b.mlp.gate_proj", "b.mlp.down_proj"):
         assert torch.allclose(aptq.H[n], gptq.H[n], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(aptq.H["b.self_attn.q_proj"], gptq.H["b.self_attn.q_proj"], rtol=0.1)
+
+
+@pytest.mark.parametrize("opts,label", [
+    ({"ratio": 1.0}, "APTQ"), ({"ratio": 0.5}, "APTQ-50%"),
+    ({"ratio": 1.0, "high_bits": 3}, "APTQ-3"),  # uniform 3-bit: not mistaken for APTQ-4 in a table
+    ({"ratio": 0.5, "low_bits": 3, "high_bits": 4}, "APTQ-50% w3/4"),
+    ({"ratio": 0.0, "low_bits": 3}, "APTQ-3")])
+def test_labels_name_non_default_bit_widths(opts, label):
+    assert Aptq.from_options(opts).label() == label
