@@ -36,8 +36,9 @@ def test_markdown_groups_by_bit_width_bolds_the_best_and_shows_delta_and_effecti
     out, _, _ = rendered
     md = (out / f"{STEM}.md").read_text()
     assert "| Method | Bits | Eff. bits | wikitext2 ppl ↓ | c4 ppl ↓ |" in md
-    assert "| APTQ g64 act ts | 4 | 4.312 | **32.75 ± –** (+3.56) | **31.45 ± –** (+2.65) |" in md  # 4-bit best
-    assert "| APTQ-75% g64 act ts fisher knapsack | 3.5 | 3.805 | **49.78 ± 6.2** (+20.60) |" in md  # 3-bit best
+    assert "| APTQ g64 act ts | 4 | 4.312 | **33.14 ± 3.9** (+3.96) | **31.26 ± 5.1** (+2.46) |" in md  # 4-bit best
+    assert "| APTQ-75% g64 act ts fisher knapsack b234 | 3.5 | 3.805 | **37.95 ± 4.8** (+8.76) |" in md  # 3-bit best
+    assert "| APTQ-3 g64 act ts | 3 | 3.297 | 55.29 ± 7.3 (+26.10) |" in md  # uniform 3-bit APTQ, named apart
     assert "| GPTQ g64 act ts | 3 | 3.297 | 75.97 ± 9.7 (+46.78) |" in md  # in the same group, not bold
     assert "| FP16 | 16 | 16 | 29.19 ± 3.4 | 28.81 ± 4.6 |" in md  # alone in its group: not bold, no Δ
     assert md.index("*4-bit*") < md.index("| APTQ g64 act ts |") < md.index("*3-bit*") < md.index("*2-bit*")
@@ -49,7 +50,7 @@ def test_latex_is_booktabs_with_a_rule_between_bit_width_groups(rendered):
     out, _, _ = rendered
     tex = (out / f"{STEM}.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and tex.count("\\midrule") >= 4
-    assert "APTQ g64 act ts & 4 & 4.312 & \\textbf{32.75 $\\pm$ --} {\\scriptsize (+3.56)}" in tex
+    assert "APTQ g64 act ts & 4 & 4.312 & \\textbf{33.14 $\\pm$ 3.9} {\\scriptsize (+3.96)}" in tex
     assert "GPTQ-PB 30\\% hessian" in tex
 
 
@@ -61,7 +62,8 @@ def test_pareto_frontier_and_leaderboard(rendered):
     pts = [(table["meta"][r]["effective_bits"], table["rows"][[x[:2] for x in table["rows"]].index(r)][2][col].value)
            for r in rows]
     ranks = dict(zip(rows, pareto_ranks(pts, lower_is_better=True), strict=True))
-    assert ranks[("APTQ g64 act ts", 4.0)] == 1 and ranks[("APTQ", 4.0)] == 1  # best at their bits
+    assert ranks[("APTQ g64 act ts", 4.0)] == 1 and ranks[("APTQ-75% g64 act ts fisher knapsack b234", 3.5)] == 1
+    assert ranks[("APTQ", 4.0)] == 2  # per-channel APTQ-4 (4.03 eff. bits) is beaten by the 3.5-bit {2,3,4} mix (3.81)
     assert ranks[("GPTQ g64 act ts", 2.0)] == 1  # the fewest bits
     assert ranks[("OWQ 4.01", 4.01)] > 1 and ranks[("PB-LLM 30% hessian", 4.1)] > 1  # beaten with fewer bits
     lb = (out / "leaderboard.md").read_text()
