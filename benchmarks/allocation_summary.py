@@ -126,7 +126,7 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
             continue
         for key, s in summary["random"].items():  # after the last row of these bits
             bits, _, widths = key.partition(" ")
-            if float(bits) != r["avg_bits"]:
+            if bits != r["budget"].partition(" ")[0]:
                 continue
             cells = [f"{s[t]['mean']:.2f} ± {s[t]['std']:.2f} (n={s[t]['n']})" if t in s else "–" for t in TASKS]
             lines.append(f"| {bits} | random draws{' ' + widths if widths else ''}, mean ± std | {cells[0]} | "
