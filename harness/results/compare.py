@@ -64,16 +64,14 @@ def check_pairable(a: dict[str, Any], b: dict[str, Any], task: str) -> None:
 
 def unpairable(a: dict[str, Any], b: dict[str, Any], task: str) -> str | None:
     """Why the perplexities of ``a`` and ``b`` on ``task`` cannot be paired window by window (None: they can):
-    a protocol that differs, no raw per-window NLLs, or different evaluated text."""
-    try:
-        check_pairable(a, b, task)
-    except ConfigError as e:
-        return str(e)
+    no raw per-window NLLs, or what ``pairs`` refuses (a protocol that differs, different evaluated text)."""
     x, y = a["metrics"].get(task), b["metrics"].get(task)
     if x is None or y is None or "window_nll" not in x or "window_nll" not in y:
         return f"{a['run_id']} or {b['run_id']} has no per-window results for {task}"
-    if units(x, True) != units(y, True):
-        return f"{a['run_id']} and {b['run_id']} were evaluated on different text for {task}"
+    try:
+        pairs(a, b, [task])
+    except ConfigError as e:
+        return str(e)
     return None
 
 
