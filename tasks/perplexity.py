@@ -30,7 +30,7 @@ from harness.inputs.data import CORPUS_FILES, Corpus, load_corpus
 from harness.inputs.windows import BOS_PROTOCOLS, joined_ids, random_doc_windows, sequential_windows, with_bos
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.task import Task
-from harness.results.stats import ppl_interval
+from harness.results.stats import ppl_interval, seed_for
 
 
 @dataclass
@@ -115,7 +115,7 @@ class _Perplexity(Task):
         hook.harness_phase_end(run=run, phase=phase, seconds=seconds)
         return {
             "ppl": math.exp(nll.mean().item()),
-            "ppl_ci": ppl_interval(nll.numpy()).as_record(),
+            "ppl_ci": ppl_interval(nll.numpy(), seed_for(run.run_id, self.name)).as_record(),
             "nll": nll.mean().item(),
             "window_nll": nll.tolist(),  # (n,) mean next-token NLL per window: every statistic recomputes from it
             "window_tokens": windows.shape[1] - 1,  # tokens scored per window (all windows alike)

@@ -38,7 +38,7 @@ from typing import Any
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.task import Task
-from harness.results.stats import mean_interval, suite_mean_interval
+from harness.results.stats import mean_interval, seed_for, suite_mean_interval
 from harness.util import unknown
 from tasks.zeroshot_data import HELLASWAG_VARIANTS, SUITE, builtin_yaml, prepare, sources
 
@@ -212,16 +212,16 @@ class _ZeroShot(Task):
             for key in METRICS[task]:
                 m[key] = float(r[f"{key},none"])
                 m[f"{key}_stderr"] = float(r[f"{key}_stderr,none"])
-                m[f"{key}_ci"] = mean_interval(items[key]).as_record()
+                m[f"{key}_ci"] = mean_interval(items[key], seed_for(run.run_id, task, key)).as_record()
             metric = self.metric_for(task)
             out[task] = {**m, "metric": metric, "score": m[metric], "items": len(samples), "requests": requests,
                          "limit": self.config.limit, "seconds": seconds, "items_per_s": len(samples) / seconds,
                          "task_version": (task_obj.config.metadata or {}).get("version"),
                          "samples_sha256": samples_sha256(samples), "data": data, "per_item": items}
             log.info("%s: %s=%.4f over %d items in %.1f s", task, metric, m[metric], len(samples), seconds)
-        return self.combine(out)
+        return self.combine(out, seed_for(run.run_id, self.name))
 
-    def combine(self, per_task: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def combine(self, per_task: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
         raise NotImplementedError
 
 
@@ -238,10 +238,10 @@ class ZeroShotSuite(_ZeroShot):
     def metric_for(self, task: str) -> str:
         return self.config.metric[task]
 
-    def combine(self, per_task):
+    def combine(self, per_task, seed):
         scores = [m["score"] for m in per_task.values()]
         chosen = [m["per_item"][m["metric"]] for m in per_task.values()]
-        return {"mean": sum(scores) / len(scores), "mean_ci": suite_mean_interval(chosen).as_record(),
+        return {"mean": sum(scores) / len(scores), "mean_ci": suite_mean_interval(chosen, seed).as_record(),
                 "metric": "mean", "tasks": per_task}
 
 
@@ -259,7 +259,7 @@ class _Single(_ZeroShot):
     def metric_for(self, task: str) -> str:
         return self.config.metric or DEFAULT_METRIC[task]
 
-    def combine(self, per_task):
+    def combine(self, per_task, seed):
         return per_task[self.name]
 
     def primary_metric(self) -> dict[str, Any]:

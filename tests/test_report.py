@@ -1,6 +1,7 @@
-"""The report on the committed reference records: every format, with content checks (rows, bold best
-per bit-width group, Δ vs FP16, effective bits, intervals or dashes, the Pareto frontier), plots,
-the paper's layout, an 80-column console, and the HTML page in a real headless browser."""
+"""The report on frozen fixture records (``tests/fixtures/records``, see its README): every format,
+with content checks (rows, bold best per bit-width group, Δ vs FP16, effective bits, intervals or
+dashes, the Pareto frontier), plots, the paper's layout, an 80-column console, and the HTML page in a
+real headless browser."""
 import io
 import re
 import shutil
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from harness.results import stats
 from harness.results.records import load_records
 from harness.results.report import (
-    REFERENCE_DIR,
+    Column,
     Selection,
     build_tables,
     pareto_ranks,
@@ -22,41 +24,56 @@ from harness.results.report import (
 
 REPO = Path(__file__).resolve().parent.parent
 STEM = "SmolLM2-135M-Instruct__quick"
+FIXTURES = REPO / "tests" / "fixtures"  # frozen records: pins move with rendering, never with new measurements
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     out = tmp_path_factory.mktemp("tables")
     console = Console(file=io.StringIO(), width=80)
-    written = render(REFERENCE_DIR, console=console, out_dir=out, layout="aptq_table1")
+    written = render(FIXTURES, console=console, out_dir=out, layout="aptq_table1")
     return out, written, console.file.getvalue()
+
+
+def half(run: str, task: str) -> str:
+    """The half-width the report must show for a fixture's perplexity: recomputed from its windows."""
+    (rec,) = [r for r in load_records(FIXTURES) if r["run_id"].endswith(run)]
+    iv = stats.ppl_interval(rec["metrics"][task]["window_nll"], stats.seed_for(rec["run_id"], task))
+    return Column("x", True, False).fmt_half(iv.half_width())
 
 
 def test_markdown_groups_by_bit_width_bolds_the_best_and_shows_delta_and_effective_bits(rendered):
     out, _, _ = rendered
     md = (out / f"{STEM}.md").read_text()
     assert "| Method | Bits | Eff. bits | wikitext2 ppl ↓ | c4 ppl ↓ |" in md
-    assert "| APTQ g64 act ts | 4 | 4.312 | **33.14 ± 3.9** (+3.96) | **31.26 ± 5.1** (+2.46) |" in md  # 4-bit best
-    assert "| APTQ-75% g64 act ts fisher knapsack b234 | 3.5 | 3.805 | **37.95 ± 4.8** (+8.76) |" in md  # 3-bit best
-    assert "| APTQ-3 g64 act ts | 3 | 3.297 | 55.29 ± 7.3 (+26.10) |" in md  # uniform 3-bit APTQ, named apart
-    assert "| GPTQ g64 act ts | 3 | 3.297 | 75.97 ± 9.7 (+46.78) |" in md  # in the same group, not bold
-    assert "| FP16 | 16 | 16 | 29.19 ± 3.4 | 28.81 ± 4.6 |" in md  # alone in its group: not bold, no Δ
+    w, c = half("0cf724c2d1", "wikitext2"), half("0cf724c2d1", "c4")
+    assert f"| APTQ g64 act ts | 4 | 4.312 | **33.14 ± {w}** (+3.96) | **31.26 ± {c}** (+2.46) |" in md  # 4-bit best
+    w = half("5c35f115ad", "wikitext2")
+    assert f"| APTQ-75% g64 act ts fisher knapsack b234 | 3.5 | 3.805 | **37.95 ± {w}** (+8.76) |" in md  # 3-bit best
+    assert f"| APTQ-3 g64 act ts | 3 | 3.297 | 55.29 ± {half('c78e387202', 'wikitext2')} (+26.10) |" in md
+    assert f"| GPTQ g64 act ts | 3 | 3.297 | 75.97 ± {half('f5966954a6', 'wikitext2')} (+46.78) |" in md  # not bold
+    w, c = half("5daa3d8e8b", "wikitext2"), half("5daa3d8e8b", "c4")
+    assert f"| FP16 | 16 | 16 | 29.19 ± {w} | 28.81 ± {c} |" in md  # alone in its group: not bold, no Δ
+    assert "| APTQ-75% | 3.5 | 3.529 | 548.74 ± – (+519.55) | 328.26 ± – (+299.45) |" in md  # no raw results
     assert md.index("*4-bit*") < md.index("| APTQ g64 act ts |") < md.index("*3-bit*") < md.index("*2-bit*")
-    draws = re.search(r"APTQ-75% g64 act ts random \| 3\.5 \| 3\.805 \| [\d.]+ ± [\d.]+ \(n=(\d+)\)", md)
-    assert draws and int(draws.group(1)) >= 4  # the random control's draws: mean ± std over them
+    draws = re.search(r"APTQ-75% g64 act ts random \| 3\.5 \| 3\.805 \| 79\.49 ± 9\.1 \(n=4\)", md)
+    assert draws  # the random control's draws: mean ± std over them
+    # a zero-shot column that only one of APTQ's three seeds evaluated keeps its interval (per-item data)
+    assert re.search(r"\| APTQ \| 4 \| 4\.029 \| 40\.36 ± 0\.5 \(n=3\) .* \*\*62\.00 ± 4\.\d\*\*", md)
 
 
 def test_latex_is_booktabs_with_a_rule_between_bit_width_groups(rendered):
     out, _, _ = rendered
     tex = (out / f"{STEM}.tex").read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and tex.count("\\midrule") >= 4
-    assert "APTQ g64 act ts & 4 & 4.312 & \\textbf{33.14 $\\pm$ 3.9} {\\scriptsize (+3.96)}" in tex
+    w = half("0cf724c2d1", "wikitext2")
+    assert f"APTQ g64 act ts & 4 & 4.312 & \\textbf{{33.14 $\\pm$ {w}}} {{\\scriptsize (+3.96)}}" in tex
     assert "GPTQ-PB 30\\% hessian" in tex
 
 
 def test_pareto_frontier_and_leaderboard(rendered):
     out, _, _ = rendered
-    ((_, table),) = build_tables(load_records(REFERENCE_DIR)).items()
+    ((_, table),) = build_tables(load_records(FIXTURES)).items()
     col = next(c for c in table["columns"] if c.name == "wikitext2 ppl")
     rows = [(lbl, b) for lbl, b, cells in table["rows"] if col in cells and table["meta"][(lbl, b)]["family"] != "fp16"]
     pts = [(table["meta"][r]["effective_bits"], table["rows"][[x[:2] for x in table["rows"]].index(r)][2][col].value)
@@ -97,7 +114,7 @@ def test_the_console_table_fits_an_80_column_log(rendered):
 
 
 def test_selection_of_methods_tasks_and_order():
-    recs = load_records(REFERENCE_DIR)
+    recs = load_records(FIXTURES)
     ((_, table),) = build_tables(recs, selection=Selection(methods=["APTQ*"], tasks=["c4"], order="c4 ppl")).items()
     assert [c.name for c in table["columns"]] == ["c4 ppl"]
     labels = [lbl for lbl, _, _ in table["rows"]]

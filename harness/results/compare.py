@@ -1,11 +1,19 @@
-"""Paired comparison of two runs: ``python -m harness.compare A B [--reference | --results-dir DIR]``.
+"""Paired comparison of runs: ``python -m harness.compare A B [C D ...] [--reference | --results-dir DIR]``.
 
-A and B are record files, run ids (or a unique prefix) or method labels (unique within the folder).
+Arguments come in pairs (A − B, C − D, ...). Each names one record: a record file, a run id (or a
+unique prefix), or a selector ``LABEL[@key=value,...]`` — a method label (as in the tables, with or
+without the seed tag) narrowed by ``seed=`` (the calibration seed), ``draw=`` (a method's own seed,
+e.g. a random allocation's), ``run=`` (run-id prefix), ``bits=``, ``profile=`` or any method option
+(``group_size=64``, ``sensitivity=fisher``). A selector that matches several records lists them, each
+with a selector that names it alone. Of re-runs of one configuration, the newest counts.
+
 For every task both records evaluated, on the same windows (perplexity) or items (zero-shot): the
-difference A − B with a 95% paired bootstrap interval and the p-value of a paired permutation test
-(``harness.results.stats.paired_test``); for a zero-shot suite also its mean over tasks
-(``paired_suite_test``). Two records whose protocols or evaluation data differ
-are refused with one line: their numbers are not comparable unit by unit.
+difference A − B with a 95% paired interval and a two-sided p (``harness.results.stats.paired_test``:
+block bootstrap and block sign-flips over windows, bootstrap and sign-flips over items, plus the
+exact McNemar test for 0/1 items); for a zero-shot suite also its mean over tasks. The p-values of
+all rows are adjusted together (``--adjust holm`` by default, ``bh`` or ``none``) and the table says
+which differences survive. Two records whose protocols or evaluation data differ are refused with
+one line: their numbers are not comparable unit by unit.
 """
 from __future__ import annotations
 
@@ -21,30 +29,91 @@ from rich.table import Table
 
 from harness.errors import ConfigError
 from harness.results import stats
-from harness.results.records import load_record, load_records, readable, task_protocol
-from harness.results.report import REFERENCE_DIR, row_label
+from harness.results.records import (
+    REFERENCE_DIR,
+    load_record,
+    load_records,
+    readable,
+    row_label,
+    seed_of,
+    task_protocol,
+)
 
 log = logging.getLogger(__name__)
 
 
-def resolve(ref: str, folder: Path) -> dict[str, Any]:
-    """A record from a path, a run id (or unique prefix) or a unique method label under ``folder``."""
+def _fields(rec: dict[str, Any]) -> dict[str, str]:
+    """What a selector's ``key=value`` can test on a record, as strings."""
+    opts = {k: str(v) for k, v in (rec["method"].get("options") or {}).items()}
+    out = {**opts, "seed": str(rec.get("seed", 0)), "bits": f"{rec['quantization']['avg_bits']:g}",
+           "profile": str(rec.get("profile")), "run": rec["run_id"].rsplit("__", 1)[-1]}
+    out["draw"] = opts.get("seed", out["seed"])
+    return out
+
+
+def _matches(rec: dict[str, Any], label: str, conds: dict[str, str]) -> bool:
+    if label not in (rec["method"]["label"], row_label(rec)):
+        return False
+    f = _fields(rec)
+    return all(f.get(k) is not None and (f[k].startswith(v) if k == "run" else f[k] == v) for k, v in conds.items())
+
+
+def _parse(ref: str) -> tuple[str, dict[str, str]]:
+    label, _, rest = ref.partition("@")
+    conds = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ConfigError(f"{ref!r}: a selector is LABEL@key=value,... (got {part!r})")
+        conds[key.strip()] = value.strip()
+    return label.strip(), conds
+
+
+def _newest(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per configuration (label, seed, draw, bits, profile): the newest re-run."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in sorted(recs, key=lambda r: r.get("finished", "")):
+        best[(r["method"]["label"], seed_of(r), r["quantization"]["avg_bits"], r.get("profile"),
+              json.dumps(r["method"].get("options"), sort_keys=True, default=str))] = r
+    return list(best.values())
+
+
+def naming_selector(rec: dict[str, Any], among: list[dict[str, Any]]) -> str:
+    """A selector that picks ``rec`` alone among ``among`` (falls back to its run id)."""
+    label, f = row_label(rec), _fields(rec)
+    conds: dict[str, str] = {}
+    for key in ("seed", "draw", "bits", "profile", *sorted(rec["method"].get("options") or {})):
+        if len([r for r in among if _matches(r, label, conds)]) == 1:
+            break
+        if any(_fields(r).get(key) != f.get(key) for r in among if _matches(r, label, conds)):
+            conds[key] = f[key]
+    if len([r for r in among if _matches(r, label, conds)]) != 1:
+        return f"{label}@run={f['run']}"
+    return label + ("@" + ",".join(f"{k}={v}" for k, v in conds.items()) if conds else "")
+
+
+def resolve(ref: str, folder: Path, recs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One record from a path, a run id (or unique prefix) or a selector (module docstring);
+    ``recs``: the records under ``folder`` when the caller has loaded them already."""
     path = Path(ref)
     if path.suffix == ".json" and path.is_file():
         rec = load_record(path)
         if (why := readable(rec)) is not None:
             raise ConfigError(f"{path}: {why}")
         return rec
-    recs = load_records(folder)
-    for key in (lambda r: r["run_id"] == ref, lambda r: r["run_id"].startswith(ref),
-                lambda r: r["method"]["label"] == ref, lambda r: row_label(r) == ref):
-        hits = [r for r in recs if key(r)]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            ids = ", ".join(r["run_id"] for r in hits[:4])
-            raise ConfigError(f"{ref!r} matches {len(hits)} records under {folder} ({ids}, ...); give a run id")
-    raise ConfigError(f"no record under {folder / 'records'} is {ref!r} (a file, run id or method label)")
+    recs = load_records(folder) if recs is None else recs
+    by_id = [r for r in recs if r["run_id"] == ref] or [r for r in recs if r["run_id"].startswith(ref)]
+    if len(by_id) == 1:
+        return by_id[0]
+    label, conds = _parse(ref)
+    hits = _newest([r for r in recs if _matches(r, label, conds)])
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        names = "; ".join(naming_selector(r, hits) for r in hits[:8])
+        raise ConfigError(f"{ref!r} matches {len(hits)} records under {folder}: name one of {names}"
+                          + (" ..." if len(hits) > 8 else ""))
+    raise ConfigError(f"no record under {folder / 'records'} is {ref!r} (a file, run id or LABEL[@key=value,...])")
 
 
 def units(task_metrics: dict[str, Any], is_ppl: bool) -> tuple[Any, ...]:
@@ -106,58 +175,81 @@ def pairs(a: dict[str, Any], b: dict[str, Any], tasks: list[str] | None) -> list
     return out
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], tasks: list[str] | None = None,
-            n_resamples: int = 10_000, seed: int = stats.SEED) -> list[dict[str, Any]]:
-    """One paired result per task (and per suite member) of A − B."""
+def compare(a: dict[str, Any], b: dict[str, Any], tasks: list[str] | None = None) -> list[dict[str, Any]]:
+    """One paired result per task (and per suite member) of A − B, unadjusted."""
     rows = []
     suites: dict[str, list[tuple[list, list]]] = {}
     for name, metric, x, y in pairs(a, b, tasks):
-        res = stats.paired_test(x, y, "ppl" if metric == "ppl" else "score", n_resamples=n_resamples, seed=seed)
-        rows.append({"task": name, **res.as_record(), "metric": metric})
+        seed = stats.seed_for(a["run_id"], b["run_id"], name)
+        res = stats.paired_test(x, y, "ppl" if metric == "ppl" else "score", seed)
+        rows.append({"a_run": a["run_id"], "b_run": b["run_id"], "task": name, **res.as_record(), "metric": metric})
         if "/" in name:
             suites.setdefault(name.split("/")[0], []).append((x, y))
     for suite, members in suites.items():  # the suite mean, when both ran every member of A's suite
         if len(members) == len(a["metrics"][suite].get("tasks", {})) > 1:
-            res = stats.paired_suite_test([x for x, _ in members], [y for _, y in members], n_resamples, seed)
-            rows.append({"task": f"{suite}/mean", **res.as_record(), "metric": "mean"})
+            seed = stats.seed_for(a["run_id"], b["run_id"], suite)
+            res = stats.paired_suite_test([x for x, _ in members], [y for _, y in members], seed)
+            rows.append({"a_run": a["run_id"], "b_run": b["run_id"], "task": f"{suite}/mean", **res.as_record(),
+                         "metric": "mean"})
     return rows
 
 
-def show(a: dict[str, Any], b: dict[str, Any], rows: list[dict[str, Any]], console: Console) -> None:
-    t = Table(title=f"A = {a['method']['label']} ({a['run_id']})\nB = {b['method']['label']} ({b['run_id']})")
-    for col in ("task", "metric", "A", "B", "A − B [95% CI]", "p", "differ?"):
-        t.add_column(col, justify="left" if col in ("task", "metric") else "right")
+def adjust_rows(rows: list[dict[str, Any]], method: str) -> list[dict[str, Any]]:
+    """Add ``p_adjusted`` and ``survives`` (adjusted p < α) to every row: one family of tests."""
+    adjusted = stats.adjust([r["p_value"] for r in rows], method)
+    return [{**r, "p_adjusted": p, "adjustment": method, "survives": p < stats.ALPHA}
+            for r, p in zip(rows, adjusted, strict=True)]
+
+
+def show(labels: dict[str, str], rows: list[dict[str, Any]], console: Console) -> None:
+    t = Table(title="A − B, paired on the same windows / items")
+    for col in ("A", "B", "task", "metric", "A value", "B value", "A − B [95% CI]", "p", "McNemar p", "p adj.",
+                "differ?"):
+        t.add_column(col, justify="left" if col in ("A", "B", "task", "metric") else "right", overflow="fold")
     for r in rows:
         scale = 1 if r["metric"] == "ppl" else 100
         ci = r["ci"]
-        t.add_row(r["task"], r["metric"], f"{scale * r['a']:.2f}", f"{scale * r['b']:.2f}",
-                  f"{scale * r['diff']:+.2f} [{scale * ci['low']:+.2f}, {scale * ci['high']:+.2f}]",
-                  f"{r['p_value']:.3g}", "yes" if r["significant"] else "no")
+        mc = r.get("mcnemar_p")
+        diff = f"{scale * r['diff']:+.2f} [{scale * ci['low']:+.2f}, {scale * ci['high']:+.2f}]"
+        t.add_row(labels[r["a_run"]], labels[r["b_run"]], r["task"], r["metric"], f"{scale * r['a']:.2f}",
+                  f"{scale * r['b']:.2f}", diff,
+                  f"{r['p_value']:.3g}", "" if mc is None else f"{mc:.3g}", f"{r['p_adjusted']:.3g}",
+                  "yes" if r["survives"] else "no")
     console.print(t)
-    console.print(f"paired bootstrap ({rows[0]['ci']['n_resamples']} resamples) and paired permutation test over "
-                  f"the same windows/items; 'differ?' is p < {stats.ALPHA}" if rows else "nothing to compare")
+    if rows:
+        console.print(f"{len(rows)} tests, p adjusted together ({rows[0]['adjustment']}); 'differ?': adjusted "
+                      f"p < {stats.ALPHA}. Perplexity: circular block bootstrap and block sign-flips over windows; "
+                      f"accuracy: bootstrap and sign-flips over items, McNemar exact; {stats.N_RESAMPLES} resamples.")
+    else:
+        console.print("nothing to compare")
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ap = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.split("\n")[0])
-    ap.add_argument("a")
-    ap.add_argument("b")
+    ap.add_argument("refs", nargs="+", metavar="A B", help="records in pairs: A B [C D ...] (A − B, C − D)")
     ap.add_argument("--results-dir", default="results", help="folder holding records/ (default: results)")
     ap.add_argument("--reference", action="store_true", help=f"look the records up in {REFERENCE_DIR}")
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (default: every task both evaluated)")
-    ap.add_argument("--n-resamples", type=int, default=10_000)
-    ap.add_argument("--seed", type=int, default=stats.SEED)
+    ap.add_argument("--adjust", default="holm", choices=list(stats.ADJUSTMENTS),
+                    help="multiple-comparison adjustment over all rows (default holm)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     folder = REFERENCE_DIR if args.reference else Path(args.results_dir)
+    if len(args.refs) % 2:
+        log.error("give records in pairs (A B [C D ...]); got %d", len(args.refs))
+        sys.exit(2)
     try:
-        a, b = resolve(args.a, folder), resolve(args.b, folder)
-        rows = compare(a, b, args.tasks.split(",") if args.tasks else None, args.n_resamples, args.seed)
+        recs = [resolve(r, folder) for r in args.refs]
+        rows = [row for a, b in zip(recs[::2], recs[1::2], strict=True)
+                for row in compare(a, b, args.tasks.split(",") if args.tasks else None)]
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
-    show(a, b, rows, Console())
+    rows = adjust_rows(rows, args.adjust)
+    show({r["run_id"]: r["method"]["label"] for r in recs}, rows, Console())
     if args.json:
-        Path(args.json).write_text(json.dumps({"a": a["run_id"], "b": b["run_id"], "results": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"pairs": [[a["run_id"], b["run_id"]] for a, b in
+                                                         zip(recs[::2], recs[1::2], strict=True)],
+                                               "results": rows}, indent=2))
         log.info("wrote %s", args.json)

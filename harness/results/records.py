@@ -22,6 +22,8 @@ from harness.util import REPO_ROOT, canonical_hash
 
 log = logging.getLogger(__name__)
 
+REFERENCE_DIR = REPO_ROOT / "reference"  # the measurements the project publishes
+
 SCHEMA_VERSION = 2  # 2: identity (code and data hashes), capabilities, primary metrics, environment
 PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "pluggy", "datasets", "wandb", "triton")
 
@@ -112,3 +114,19 @@ def git_commit() -> str | None:
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+SEED_TAG = re.compile(r"\s+seed\d+\b")
+
+
+def row_label(rec: dict[str, Any]) -> str:
+    """The method label without a per-draw seed tag: records that differ only in seed share a row."""
+    return SEED_TAG.sub("", rec["method"]["label"])
+
+
+def seed_of(rec: dict[str, Any]) -> str:
+    """The draw a record is: its calibration seed, and a method's own seed when set apart from it
+    (e.g. APTQ's random allocation with ``method.seed=1``)."""
+    seed = int(rec.get("seed", 0))
+    own = (rec["method"].get("options") or {}).get("seed")
+    return str(seed) if own is None or own == seed else f"{seed}/{own}"

@@ -12,9 +12,11 @@ the tables with rich.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import re
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -24,14 +26,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from harness.results import stats
-from harness.results.records import load_records, task_protocol
-from harness.util import REPO_ROOT
+from harness.results import published, stats
+from harness.results.records import REFERENCE_DIR, load_records, row_label, seed_of, task_protocol
 
 log = logging.getLogger(__name__)
 
-REFERENCE_DIR = REPO_ROOT / "reference"  # the measurements the project publishes
-
+REFERENCE_LAYOUT = "aptq_table1"  # the paper table rendered beside the reference tables
 
 @dataclass(frozen=True)
 class Column:
@@ -99,27 +99,28 @@ class Cell:
         return out + ((" $\\approx$" if tex else " ≈") if self.not_different else "")
 
 
-def _interval_half(m: dict[str, Any], metric: str, raw: list[float] | None, is_ppl: bool) -> float | None:
-    ci = m.get(f"{metric}_ci")
-    if isinstance(ci, dict):
-        return (ci["high"] - ci["low"]) / 2
-    if raw:  # raw results without a stored interval: recompute it
-        iv = stats.ppl_interval(raw) if is_ppl else stats.mean_interval(raw)
+def _interval_half(m: dict[str, Any], metric: str, raw: list[float] | None, is_ppl: bool, seed: int
+                   ) -> float | None:
+    """Recomputed from the raw results with today's method (``stats``) when the record has them, so
+    every published interval is under one method; else the record's own interval, if any."""
+    if raw:
+        iv = stats.ppl_interval(raw, seed) if is_ppl else stats.mean_interval(raw, seed)
         return iv.half_width()
-    return None
+    ci = m.get(f"{metric}_ci")
+    return (ci["high"] - ci["low"]) / 2 if isinstance(ci, dict) else None
 
 
-def _cell(m: dict[str, Any], metric: str) -> Cell:
+def _cell(m: dict[str, Any], metric: str, seed: int) -> Cell:
     if "window_nll" in m and metric == "ppl":
         raw, kind, units = m["window_nll"], "ppl", str(m.get("tokens_sha256"))
     elif metric in (m.get("per_item") or {}):
         raw, kind, units = m["per_item"][metric], "score", str(m["per_item"]["doc_id"])
     else:
         raw, kind, units = None, "", ""
-    return Cell(float(m[metric]), _interval_half(m, metric, raw, kind == "ppl"), raw, kind, units)
+    return Cell(float(m[metric]), _interval_half(m, metric, raw, kind == "ppl", seed), raw, kind, units)
 
 
-def _suite_cell(m: dict[str, Any]) -> Cell:
+def _suite_cell(m: dict[str, Any], seed: int) -> Cell:
     """The suite mean; its raw results are the members' chosen per-item scores, concatenated when
     every member has the same number of items (then their mean is the mean of the task means)."""
     members = list((m.get("tasks") or {}).values())
@@ -130,8 +131,8 @@ def _suite_cell(m: dict[str, Any]) -> Cell:
         units = str([sm["per_item"]["doc_id"] for sm in members])
     ci = m.get("mean_ci")
     half = (ci["high"] - ci["low"]) / 2 if isinstance(ci, dict) else None
-    if half is None and arrays and all(arrays):
-        half = stats.suite_mean_interval(arrays).half_width()
+    if arrays and all(arrays):
+        half = stats.suite_mean_interval(arrays, seed).half_width()
     return Cell(float(m["mean"]), half, raw, "score" if raw else "", units or "")
 
 
@@ -171,40 +172,33 @@ def cells_of(rec: dict[str, Any], declared: dict[str, dict[str, Any]],
         suffix = f" [{tag}]" if tag else ""
         for sub, sm in (m.get("tasks") or {}).items():
             if isinstance(sm.get(sm.get("metric")), (int, float)):
-                out.append((Column(f"{sub} {sm['metric']}{suffix}", lower, pct), _cell(sm, sm["metric"])))
+                out.append((Column(f"{sub} {sm['metric']}{suffix}", lower, pct),
+                            _cell(sm, sm["metric"], stats.seed_for(rec["run_id"], sub, sm["metric"]))))
         metric = m.get("metric") if isinstance(m.get(m.get("metric")), (int, float)) else prim["metric"]
         if metric == "mean" and "tasks" in m:
-            out.append((Column(f"{task} mean{suffix}", lower, pct, suite_mean=True), _suite_cell(m)))
+            out.append((Column(f"{task} mean{suffix}", lower, pct, suite_mean=True),
+                        _suite_cell(m, stats.seed_for(rec["run_id"], task))))
         elif isinstance(m.get(metric), (int, float)):
-            out.append((Column(f"{task} {metric}{suffix}", lower, pct), _cell(m, metric)))
+            parts = (rec["run_id"], task) if metric == "ppl" else (rec["run_id"], task, metric)
+            seed = stats.seed_for(*parts)
+            out.append((Column(f"{task} {metric}{suffix}", lower, pct), _cell(m, metric, seed)))
     return out
-
-
-SEED_TAG = re.compile(r"\s+seed\d+\b")
-
-
-def row_label(rec: dict[str, Any]) -> str:
-    """The method label without a per-draw seed tag: records that differ only in seed share a row."""
-    return SEED_TAG.sub("", rec["method"]["label"])
-
-
-def seed_of(rec: dict[str, Any]) -> str:
-    """The draw a record is: its calibration seed, and a method's own seed when set apart from it
-    (e.g. APTQ's random allocation with ``method.seed=1``)."""
-    seed = int(rec.get("seed", 0))
-    own = (rec["method"].get("options") or {}).get("seed")
-    return str(seed) if own is None or own == seed else f"{seed}/{own}"
 
 
 def _merge_seeds(per_seed: dict[str, dict[Column, Cell]]) -> dict[Column, Cell]:
     """One row's cells from its records, one per calibration seed: a single seed as it is; several
-    give mean ± std over the seeds that have the column (the per-seed values kept)."""
+    give mean ± std over the seeds that have the column (the per-seed values kept); a column that only
+    one seed has keeps that seed's cell, interval included."""
     if len(per_seed) == 1:
         return next(iter(per_seed.values()))
     out: dict[Column, Cell] = {}
     columns = {c for cells in per_seed.values() for c in cells}
     for col in columns:
-        vals = [cells[col].value for _, cells in sorted(per_seed.items()) if col in cells]
+        having = [cells[col] for _, cells in sorted(per_seed.items()) if col in cells]
+        if len(having) == 1:
+            out[col] = having[0]
+            continue
+        vals = [cell.value for cell in having]
         summary = {**stats.seed_summary(vals), "seeds": [s for s, cells in sorted(per_seed.items()) if col in cells]}
         out[col] = Cell(summary["mean"], None, seeds=summary)
     return out
@@ -302,13 +296,16 @@ def order_rows(rows: dict[tuple[str, float], dict[Column, Cell]], columns: list[
     return sorted(rows, key=key)
 
 
-def mark_baseline(table: dict[str, Any], baseline: str) -> str | None:
-    """Mark each cell not significantly different from the ``baseline`` row's (paired permutation test
-    on the same windows / items, p ≥ 0.05). Returns the baseline's label, or None if no row matches."""
+def mark_baseline(table: dict[str, Any], baseline: str, adjustment: str = "holm") -> str | None:
+    """Mark each cell not significantly different from the ``baseline`` row's: the paired test on the
+    same windows / items (``stats.paired_test``), its p adjusted over all the table's comparisons
+    (``adjustment``: holm | bh | none), ≈ when the adjusted p ≥ 0.05. Returns the baseline's label,
+    or None if no row matches."""
     match = [r for r in table["rows"] if r[0] == baseline] or [r for r in table["rows"] if fnmatch(r[0], baseline)]
     if not match:
         return None
     base_label, _, base = match[0]
+    tested: list[tuple[Cell, float]] = []
     for label, _, cells in table["rows"]:
         if label == base_label:
             continue
@@ -316,7 +313,12 @@ def mark_baseline(table: dict[str, Any], baseline: str) -> str | None:
             ref = base.get(col)
             if ref is None or not cell.raw or not ref.raw or cell.units != ref.units or len(cell.raw) != len(ref.raw):
                 continue
-            cell.not_different = not stats.paired_test(cell.raw, ref.raw, cell.paired_metric).significant
+            seed = stats.seed_for(label, col.name, base_label)
+            tested.append((cell, stats.paired_test(cell.raw, ref.raw, cell.paired_metric, seed).p_value))
+    adjusted = stats.adjust([p for _, p in tested], adjustment)
+    for (cell, _), p in zip(tested, adjusted, strict=True):
+        cell.not_different = p >= stats.ALPHA
+    table["comparisons"] = {"baseline": base_label, "n": len(tested), "adjustment": adjustment}
     return base_label
 
 
@@ -359,8 +361,9 @@ def seed_notes(table: dict[str, Any]) -> list[str]:
     return out
 
 
-LEGEND = ("Figures: value ± half-width of the 95% bootstrap interval (over windows for perplexity, over items "
-          "for accuracy; ± – where the record has no raw results); over calibration seeds: mean ± std (n=seeds). "
+LEGEND = ("Figures: value ± half-width of the 95% interval (perplexity: circular block bootstrap over the "
+          "windows, block length from the data; accuracy: bootstrap over items; ± – where the record has no raw "
+          "results); over calibration seeds: mean ± std (n=seeds). "
           "(Δ): difference to FP16. Bold: best within its bit-width group. Bits: nominal / effective (scales, "
           "zeros, fp16 columns and masks counted).")
 
@@ -399,7 +402,9 @@ def to_markdown(title: str, table: dict[str, Any], baseline: str | None = None) 
         lines.append("| " + " | ".join(vals) + " |")
     lines += ["", LEGEND]
     if baseline:
-        lines.append(f"≈: not significantly different from {baseline} (paired permutation test, p ≥ 0.05).")
+        cmp = table.get("comparisons", {})
+        lines.append(f"≈: not significantly different from {baseline} (paired test on the same windows / items, "
+                     f"p ≥ 0.05 after {cmp.get('adjustment', 'holm')} adjustment over {cmp.get('n', 0)} comparisons).")
     notes = seed_notes(table)
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
@@ -561,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"render the project's published records ({REFERENCE_DIR}) into its tables")
     ap.add_argument("--baseline", default=None,
                     help="row label (or glob) to compare every row with: cells not significantly different "
-                         "from it (paired permutation test on the same windows/items, p >= 0.05) are marked ≈")
+                         "from it (paired test on the same windows/items, Holm-adjusted p >= 0.05) are marked ≈")
     ap.add_argument("--models", default=None, help="comma-separated model names or globs")
     ap.add_argument("--methods", default=None, help="comma-separated method labels or globs (e.g. 'APTQ*,GPTQ')")
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (columns)")
@@ -570,21 +575,55 @@ def main(argv: list[str] | None = None) -> None:
                     help="also render the paper's table in its layout, the paper's own figures beside")
     ap.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
     ap.add_argument("--wandb", default=None, choices=["offline", "online"], help="also log the plots to W&B")
+    ap.add_argument("--check", action="store_true",
+                    help="with --reference: write nothing; exit 1 if a published figure (reference/tables, the "
+                         "generated blocks of README.md and docs/) differs from what the records give")
     args = ap.parse_args(argv)
     if args.reference and args.results_dir:
         ap.error("give a results_dir or --reference, not both")
+    if args.check and not args.reference:
+        ap.error("--check checks the published figures: use it with --reference")
+    if args.check:
+        raise SystemExit(check_published())
     folder = REFERENCE_DIR if args.reference else Path(args.results_dir or "results")
     def split(v):
         return (v.split(",") if v else None)
     selection = Selection(split(args.models), split(args.methods), split(args.tasks), args.order)
+    layout = args.layout or (REFERENCE_LAYOUT if args.reference else None)
     try:
         written = render(folder, baseline=args.baseline, selection=selection, plots=not args.no_plots,
-                         layout=args.layout, wandb={"mode": args.wandb} if args.wandb else None)
+                         layout=layout, wandb={"mode": args.wandb} if args.wandb else None)
     except ValueError as err:
         log.error("%s", err)
         raise SystemExit(2) from None
     for path in written.values():
         log.info("wrote %s", path)
+    if args.reference:
+        for page in published.refresh():
+            log.info("regenerated the figures in %s", page)
+
+
+PUBLISHED_TABLES = ("*.md", "*.tex")  # compared by --check (plots and the HTML page are rendered from the same tables)
+
+
+def check_published() -> int:
+    """0 when reference/tables and every generated block match the reference records, else 1 (and why)."""
+    problems = published.check()
+    with tempfile.TemporaryDirectory() as tmp:
+        render(REFERENCE_DIR, console=Console(file=io.StringIO()), out_dir=Path(tmp), plots=False,
+               layout=REFERENCE_LAYOUT)
+        for pattern in PUBLISHED_TABLES:
+            for fresh in sorted(Path(tmp).glob(pattern)):
+                old = REFERENCE_DIR / "tables" / fresh.name
+                if not old.is_file() or old.read_text(encoding="utf-8") != fresh.read_text(encoding="utf-8"):
+                    problems.append(f"reference/tables/{fresh.name} differs from the records")
+    for p in problems:
+        log.error("%s", p)
+    if problems:
+        log.error("run `python -m harness.report --reference` to regenerate, and commit the result")
+        return 1
+    log.info("every published figure matches the reference records")
+    return 0
 
 
 if __name__ == "__main__":
