@@ -29,7 +29,7 @@ from harness.plugins.method import Capabilities, Method
 from harness.quantize.layers import linear_layers
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, relative_error, rtn
 from harness.results.records import load_records, readable, record_path
-from harness.results.report import build_tables
+from harness.results.tables import build_tables
 from harness.run import evaluate, load, make_record, pack, plan, quantize
 from harness.util import REPO_ROOT, write_atomic
 
@@ -119,9 +119,9 @@ def test_every_method_meets_the_contract(name, extra, tiny_cfg, tmp_path):
     write_atomic(record_path(p.results_dir, p.run_id), record)
     (loaded,) = load_records(p.results_dir)
     (table,) = build_tables([loaded], declared={}).values()  # the record alone says how to show itself
-    (row,) = table["rows"]
+    (row,) = table.rows
     assert row[0] == record["method"]["label"] and row[1] == round(bits, 3)
-    (col,) = table["columns"]
+    (col,) = table.columns
     assert col.name == "wikitext2 ppl" and col.lower_is_better and row[2][col].value == metrics["wikitext2"]["ppl"]
 
 

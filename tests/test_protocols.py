@@ -13,7 +13,8 @@ from harness.inputs.model import load_tokenizer
 from harness.inputs.windows import encode, joined_ids
 from harness.plugins.task import TaskEnv
 from harness.results.compare import check_pairable, unpairable
-from harness.results.report import build_tables, to_markdown
+from harness.results.formats import to_markdown
+from harness.results.tables import build_tables
 from harness.run import execute, plan
 from tasks.perplexity import C4, PerplexityConfig, WikiText2
 
@@ -89,11 +90,11 @@ def test_per_window_run_is_recorded_and_tables_never_mix_protocols(tiny_cfg):
     assert m["window_tokens"] == 63 and m["tokens"] == 2 * 64 and m["ppl"] != none["metrics"]["wikitext2"]["ppl"]
 
     ((_, alone),) = build_tables([per], declared={}).items()
-    assert [c.name for c in alone["columns"]] == ["wikitext2 ppl [bos=per_window]"]
+    assert [c.name for c in alone.columns] == ["wikitext2 ppl [bos=per_window]"]
     assert "wikitext2 ppl [bos=per_window] ↓" in to_markdown("t", alone)
     ((_, both),) = build_tables([none, per], declared={}).items()
-    assert [c.name for c in both["columns"]] == ["wikitext2 ppl [bos=none]", "wikitext2 ppl [bos=per_window]"]
-    (row,) = both["rows"]  # one method, its two protocols in two columns
+    assert [c.name for c in both.columns] == ["wikitext2 ppl [bos=none]", "wikitext2 ppl [bos=per_window]"]
+    (row,) = both.rows  # one method, its two protocols in two columns
     assert {c.name: cell.value for c, cell in row[2].items()} == {
         "wikitext2 ppl [bos=none]": none["metrics"]["wikitext2"]["ppl"], "wikitext2 ppl [bos=per_window]": m["ppl"]}
     other = copy.deepcopy(none)
@@ -101,7 +102,7 @@ def test_per_window_run_is_recorded_and_tables_never_mix_protocols(tiny_cfg):
     other["method"]["label"] = "FP16 again"
     other["protocol"]["wikitext2"]["seqlen"] = 128
     ((_, seq),) = build_tables([none, other], declared={}).items()
-    assert [c.name for c in seq["columns"]] == ["wikitext2 ppl [seqlen=64]", "wikitext2 ppl [seqlen=128]"]
+    assert [c.name for c in seq.columns] == ["wikitext2 ppl [seqlen=64]", "wikitext2 ppl [seqlen=128]"]
 
     with pytest.raises(ConfigError, match="protocols differ \\(bos: none vs per_window\\)"):
         check_pairable(none, per, "wikitext2")
@@ -122,4 +123,4 @@ def test_records_written_before_the_bos_field_read_as_bos_none(tiny_cfg):
     del old["protocol"]["wikitext2"]["bos"]
     check_pairable(old, new, "wikitext2")  # pairable: the same protocol
     ((_, table),) = build_tables([old, new], declared={}).items()
-    assert [c.name for c in table["columns"]] == ["wikitext2 ppl"]
+    assert [c.name for c in table.columns] == ["wikitext2 ppl"]

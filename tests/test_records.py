@@ -119,17 +119,18 @@ def test_unreadable_records_are_named_in_one_line_and_left_out(tmp_path, caplog)
 
 def test_the_published_reference_records_render(tmp_path):
     """The records in reference/ (schema 1, written before the identity) still render into their tables."""
-    from harness.results.report import REFERENCE_DIR, build_tables
+    from harness.results.records import REFERENCE_DIR
+    from harness.results.tables import build_tables
 
     recs = load_records(REFERENCE_DIR)
     assert len(recs) >= 30 and {r["schema"] for r in recs} == {1, 2}  # written before and after the identity
     ((key, table),) = build_tables(recs).items()
     assert key == ("SmolLM2-135M-Instruct", "quick")
-    names = [c.name for c in table["columns"]]
+    names = [c.name for c in table.columns]
     assert names[:2] == ["wikitext2 ppl", "c4 ppl"]
     assert {"zeroshot mean [limit=100]", "zeroshot mean [limit=500]"} <= set(names)  # item counts kept apart
-    fp16 = next(cells for label, bits, cells in table["rows"] if label == "FP16")
-    assert round(fp16[table["columns"][0]].value, 2) == 29.19
+    fp16 = next(cells for label, bits, cells in table.rows if label == "FP16")
+    assert round(fp16[table.columns[0]].value, 2) == 29.19
 
 
 

@@ -14,13 +14,8 @@ from rich.console import Console
 
 from harness.results import stats
 from harness.results.records import load_records
-from harness.results.report import (
-    Column,
-    Selection,
-    build_tables,
-    pareto_ranks,
-    render,
-)
+from harness.results.report import RenderOptions, render
+from harness.results.tables import Column, Selection, build_tables, pareto_ranks
 
 REPO = Path(__file__).resolve().parent.parent
 STEM = "SmolLM2-135M-Instruct__quick"
@@ -31,7 +26,7 @@ FIXTURES = REPO / "tests" / "fixtures"  # frozen records: pins move with renderi
 def rendered(tmp_path_factory):
     out = tmp_path_factory.mktemp("tables")
     console = Console(file=io.StringIO(), width=80)
-    written = render(FIXTURES, console=console, out_dir=out, layout="aptq_table1")
+    written = render(FIXTURES, RenderOptions(out_dir=out, layout="aptq_table1"), console)
     return out, written, console.file.getvalue()
 
 
@@ -74,9 +69,9 @@ def test_latex_is_booktabs_with_a_rule_between_bit_width_groups(rendered):
 def test_pareto_frontier_and_leaderboard(rendered):
     out, _, _ = rendered
     ((_, table),) = build_tables(load_records(FIXTURES)).items()
-    col = next(c for c in table["columns"] if c.name == "wikitext2 ppl")
-    rows = [(lbl, b) for lbl, b, cells in table["rows"] if col in cells and table["meta"][(lbl, b)]["family"] != "fp16"]
-    pts = [(table["meta"][r]["effective_bits"], table["rows"][[x[:2] for x in table["rows"]].index(r)][2][col].value)
+    col = next(c for c in table.columns if c.name == "wikitext2 ppl")
+    rows = [(lbl, b) for lbl, b, cells in table.rows if col in cells and table.meta[(lbl, b)].family != "fp16"]
+    pts = [(table.meta[r].effective_bits, table.rows[[x[:2] for x in table.rows].index(r)][2][col].value)
            for r in rows]
     ranks = dict(zip(rows, pareto_ranks(pts, lower_is_better=True), strict=True))
     assert ranks[("APTQ g64 act ts", 4.0)] == 1 and ranks[("APTQ-75% g64 act ts fisher knapsack b234", 3.5)] == 1
@@ -116,11 +111,11 @@ def test_the_console_table_fits_an_80_column_log(rendered):
 def test_selection_of_methods_tasks_and_order():
     recs = load_records(FIXTURES)
     ((_, table),) = build_tables(recs, selection=Selection(methods=["APTQ*"], tasks=["c4"], order="c4 ppl")).items()
-    assert [c.name for c in table["columns"]] == ["c4 ppl"]
-    labels = [lbl for lbl, _, _ in table["rows"]]
+    assert [c.name for c in table.columns] == ["c4 ppl"]
+    labels = [lbl for lbl, _, _ in table.rows]
     assert labels and all(lbl.startswith("APTQ") for lbl in labels)
-    four = [cells for _, b, cells in table["rows"] if int(b) == 4]
-    vals = [c[table["columns"][0]].value for c in four]
+    four = [cells for _, b, cells in table.rows if int(b) == 4]
+    vals = [c[table.columns[0]].value for c in four]
     assert vals == sorted(vals)  # best first inside the 4-bit group
 
 

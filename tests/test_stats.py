@@ -12,7 +12,8 @@ import pytest
 from harness.errors import ConfigError
 from harness.results import stats
 from harness.results.compare import compare, resolve
-from harness.results.report import build_tables, mark_baseline, to_latex, to_markdown
+from harness.results.formats import latex_escape, to_latex, to_markdown
+from harness.results.tables import build_tables, mark_baseline
 from harness.run import execute
 from harness.util import write_atomic
 
@@ -202,8 +203,8 @@ def test_tables_show_intervals_aggregate_seeds_and_mark_the_baseline():
     recs += [_record("RTN", 0, list(base + 0.2 + rng.normal(0, 0.01, 40))),
              _record("Same", 0, list(base + rng.normal(0, 0.005, 40))), _record("FP16", 0, list(base))]
     ((_, table),) = build_tables(recs, declared={}).items()
-    rows = {label: cells for label, _, cells in table["rows"]}
-    (col,) = table["columns"]
+    rows = {label: cells for label, _, cells in table.rows}
+    (col,) = table.columns
     assert rows["GPTQ"][col].seeds["n"] == 3 and rows["GPTQ"][col].seeds["values"] == \
         [r["metrics"]["wikitext2"]["ppl"] for r in recs[:3]]
     assert mark_baseline(table, "FP16") == "FP16"
@@ -225,10 +226,15 @@ def test_a_column_only_one_seed_has_keeps_its_interval():
     recs[0]["metrics"]["c4"] = extra  # only seed 0 evaluated c4
     recs[0]["primary"]["c4"] = recs[0]["primary"]["wikitext2"]
     ((_, table),) = build_tables(recs, declared={}).items()
-    ((_, _, cells),) = table["rows"]
+    ((_, _, cells),) = table.rows
     by_name = {c.name: cell for c, cell in cells.items()}
     assert by_name["wikitext2 ppl"].seeds["n"] == 2
     assert by_name["c4 ppl"].seeds is None and by_name["c4 ppl"].half is not None
+
+
+def test_latex_escape_makes_every_special_character_literal():
+    assert latex_escape("a_b 50% & #1 $x$ {y} ~z^2 \\") == \
+        r"a\_b 50\% \& \#1 \$x\$ \{y\} \textasciitilde{}z\textasciicircum{}2 \textbackslash{}"
 
 
 def test_records_without_raw_results_render_with_a_dash():
@@ -262,7 +268,7 @@ def test_compare_pairs_two_runs_and_refuses_what_does_not_pair(tiny_cfg, tmp_pat
     del old["metrics"]["wikitext2"]["window_nll"]
     with pytest.raises(ConfigError, match="no raw per-window/per-item results"):
         compare(old, a)
-    with pytest.raises(ConfigError, match="matches 2 records.*name one of RTN@bits=4; RTN@bits=3"):
+    with pytest.raises(ConfigError, match="matches 2 records.*name one of RTN@bits=3; RTN@bits=4"):
         resolve("RTN", folder)
     assert resolve("RTN@bits=3", folder)["run_id"] == b["run_id"]
 

@@ -8,7 +8,8 @@ import pytest
 from harness.errors import ConfigError
 from harness.plugins.manager import make_plugins
 from harness.results.compare import compare
-from harness.results.report import build_tables, render
+from harness.results.report import render
+from harness.results.tables import build_tables
 from harness.run import build, execute
 from tasks.zeroshot import DEFAULT_METRIC, samples_sha256
 from tasks.zeroshot_data import SUITE, prepare
@@ -61,11 +62,11 @@ def test_quantized_tiny_model_through_the_suite_and_the_tables(tiny_cfg, tmp_pat
     assert single["items"] == 2 and single["metric"] == "acc"
     assert rec["protocol"]["zeroshot"]["limit"] == 3 and rec["protocol"]["zeroshot"]["data"] == "local"
     ((_, table),) = build_tables([rec]).items()
-    cols = {c.name: c for c in table["columns"]}
+    cols = {c.name: c for c in table.columns}
     assert list(cols) == ["piqa acc", "hellaswag acc_norm", "arc_easy acc", "arc_challenge acc_norm",
                           "winogrande acc", "zeroshot mean"]
     assert all(c.percent and not c.lower_is_better for c in cols.values())
-    assert table["rows"][0][2][cols["winogrande acc"]].value == single["acc"]  # the single run (later) wins
+    assert table.rows[0][2][cols["winogrande acc"]].value == single["acc"]  # the single run (later) wins
     written = render(tmp_path / "results")
     md = written["tiny-llama__quick.md"].read_text()
     assert "| RTN | 4 |" in md and "zeroshot mean ↑" in md

@@ -22,13 +22,14 @@ class RenderTables(Callback):
     """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from harness.results.report import render
+        from harness.results.report import RenderOptions, render
 
         try:
             wandb = OmegaConf.to_container(config.wandb, resolve=True) if "wandb" in config else None
             if wandb is not None and not wandb.get("group") and "hydra" in config:
                 wandb["group"] = Path(config.hydra.sweep.dir).as_posix()  # the sweep's runs' group (cli.py)
-            written = render(Path(config.results_dir), layout=config.get("report_layout"), wandb=wandb)
+            options = RenderOptions(layout=config.get("report_layout"), wandb=wandb)
+            written = render(Path(config.results_dir), options)
             log.info("tables: %s", ", ".join(str(p) for p in written.values()))
         except Exception as err:  # noqa: BLE001 - the runs and their records are already safe
             log.warning("rendering tables failed (%s: %s); run python -m harness.report", type(err).__name__, err)

@@ -110,7 +110,7 @@ def resolve(ref: str, folder: Path, recs: list[dict[str, Any]] | None = None) ->
     if len(hits) == 1:
         return hits[0]
     if hits:
-        names = "; ".join(naming_selector(r, hits) for r in hits[:8])
+        names = "; ".join(sorted(naming_selector(r, hits) for r in hits)[:8])
         raise ConfigError(f"{ref!r} matches {len(hits)} records under {folder}: name one of {names}"
                           + (" ..." if len(hits) > 8 else ""))
     raise ConfigError(f"no record under {folder / 'records'} is {ref!r} (a file, run id or LABEL[@key=value,...])")

@@ -12,6 +12,9 @@ import html
 from pathlib import Path
 from typing import Any
 
+from harness.results.formats import LEGEND
+from harness.results.tables import Table, best_per_group
+
 SCRIPT = r"""
 function sortTable(t, col, dir) {
   const body = t.tBodies[0], rows = Array.from(body.rows);
@@ -59,26 +62,25 @@ def _embed(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def section(i: int, title: str, table: dict[str, Any], figures: dict[str, Path]) -> str:
-    from harness.results.report import LEGEND, best_per_group
+def section(i: int, title: str, table: Table, figures: dict[str, Path]) -> str:
 
     tid = f"board{i}"
     best = best_per_group(table)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
-                   ["Method", "Bits", "Eff. bits", *(f"{c.name} {c.arrow()}" for c in table["columns"])])
+                   ["Method", "Bits", "Eff. bits", *(f"{c.name} {c.arrow()}" for c in table.columns)])
     rows = []
-    for label, bits, cells in table["rows"]:
-        meta = table["meta"][(label, bits)]
+    for label, bits, cells in table.rows:
+        meta = table.meta[(label, bits)]
         tds = [f'<td data-v="{html.escape(label)}">{html.escape(label)}</td>', f'<td data-v="{bits}">{bits:g}</td>',
-               f'<td data-v="{meta["effective_bits"]}">{meta["effective_bits"]:g}</td>']
-        for c in table["columns"]:
+               f'<td data-v="{meta.effective_bits}">{meta.effective_bits:g}</td>']
+        for c in table.columns:
             cell = cells.get(c)
             if cell is None:
                 tds.append('<td data-v="">–</td>')
                 continue
-            cls = ' class="best"' if best.get((meta["group"], c)) == cell.value else ""
+            cls = ' class="best"' if best.get((meta.group, c)) == cell.value else ""
             tds.append(f'<td data-v="{cell.value}"{cls}>{html.escape(cell.text(c))}</td>')
-        rows.append(f"<tr data-family=\"{html.escape(meta['family'])}\">{''.join(tds)}</tr>")
+        rows.append(f"<tr data-family=\"{html.escape(meta.family)}\">{''.join(tds)}</tr>")
     imgs = "".join(f'<img alt="{html.escape(k)}" src="{_embed(p)}">' for k, p in figures.items() if k.endswith("png"))
     return (f"<section><h2>{html.escape(title)}</h2>"
             f'<input class="filter" id="{tid}-filter" placeholder="filter methods, e.g. APTQ">'

@@ -12,6 +12,8 @@ import json
 import re
 from typing import Any
 
+from harness.results.formats import md_table
+from harness.results.tables import Table
 from harness.util import REPO_ROOT
 
 PAPER_FILE = REPO_ROOT / "reference" / "paper" / "aptq_dac2024.json"
@@ -30,12 +32,12 @@ def paper_figures() -> dict[str, Any]:
     return json.loads(PAPER_FILE.read_text(encoding="utf-8"))
 
 
-def measured_rows(layout: str, table: dict[str, Any]) -> list[tuple[str, str, float, dict]]:
+def measured_rows(layout: str, table: Table) -> list[tuple[str, str, float, dict]]:
     """(paper row, measured label, bits, cells) in the paper's order."""
     out = []
     for name, family, bits in ROWS[layout]:
-        for label, b, cells in table["rows"]:
-            if table["meta"][(label, b)]["family"] == family and abs(b - bits) < 1e-6:
+        for label, b, cells in table.rows:
+            if table.meta[(label, b)].family == family and abs(b - bits) < 1e-6:
                 out.append((name, label, b, cells))
     return out
 
@@ -47,27 +49,24 @@ def paper_block(layout: str) -> list[str]:
     lines = [f"The paper's own figures ({data['source']}); a different model family and protocol, shown for "
              "reference only: not measured here and never ranked.", ""]
     for model, rows in models.items():
-        lines += [f"| Paper: {model} | Avg bit | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-        lines += [f"| {name} | {bits:g} | " + " | ".join(f"{v:g}" for v in vals) + " |" for name, bits, vals in rows]
-        lines.append("")
+        body = [[name, f"{bits:g}", *(f"{v:g}" for v in vals)] for name, bits, vals in rows]
+        lines += [*md_table([f"Paper: {model}", "Avg bit", *cols], body), ""]
     return lines
 
 
-def render_layout(layout: str, tables: dict[tuple[str, str], dict[str, Any]]) -> dict[str, str]:
+def render_layout(layout: str, tables: dict[tuple[str, str], Table]) -> dict[str, str]:
     """``{file name: Markdown}``: one file per (model, profile) table in the paper's layout."""
     cols_wanted = paper_figures()[layout]["columns"]
     out = {}
     for (model, profile), table in sorted(tables.items()):
-        cols = [c for name in cols_wanted for c in table["columns"] if c.name == name]
+        cols = [c for name in cols_wanted for c in table.columns if c.name == name]
         if not cols:
             continue
         title = f"{layout.replace('aptq_table', 'APTQ Table ')} — measured: {model} · profile {profile}"
-        lines = [f"### {title}", "", "| Method (paper row) | Measured as | Avg bit | "
-                 + " | ".join(f"{c.name} {c.arrow()}" for c in cols) + " |", "|" + "---|" * (len(cols) + 3)]
-        for name, label, bits, cells in measured_rows(layout, table):
-            vals = [cells[c].text(c) if c in cells else "–" for c in cols]
-            lines.append(f"| {name} | {label} | {bits:g} | " + " | ".join(vals) + " |")
-        lines += ["", *paper_block(layout)]
+        body = [[name, label, f"{bits:g}", *(cells[c].text(c) if c in cells else "–" for c in cols)]
+                for name, label, bits, cells in measured_rows(layout, table)]
+        header = ["Method (paper row)", "Measured as", "Avg bit", *(f"{c.name} {c.arrow()}" for c in cols)]
+        lines = [f"### {title}", "", *md_table(header, body), "", *paper_block(layout)]
         stem = re.sub(r"[^A-Za-z0-9._]+", "-", f"{model}__{profile}")
         out[f"{stem}__{layout}.md"] = "\n".join(lines) + "\n"
     return out

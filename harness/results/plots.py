@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from harness.results.tables import Table, pareto_ranks  # noqa: E402
+
 STYLE = {  # family -> (marker, colour); colours from the colour-blind safe Okabe-Ito set
     "rtn": ("s", "#E69F00"), "gptq": ("o", "#0072B2"), "aptq": ("D", "#D55E00"), "owq": ("^", "#009E73"),
     "pbllm": ("v", "#CC79A7"), "fp16": ("*", "#000000"),
@@ -27,27 +29,26 @@ OTHER = ("P", "#56B4E9")
 
 def frontier(points: list[tuple[float, float]], lower_is_better: bool) -> list[int]:
     """Indices of the Pareto-optimal points in (bits ↓, value ↓ or ↑), sorted by bits."""
-    from harness.results.report import pareto_ranks
 
     ranks = pareto_ranks(points, lower_is_better)
     return sorted((i for i, r in enumerate(ranks) if r == 1), key=lambda i: points[i][0])
 
 
-def series(table: dict[str, Any], col) -> list[dict[str, Any]]:
+def series(table: Table, col) -> list[dict[str, Any]]:
     """The plotted points of one column: (effective bits, value, error, family, label)."""
     out = []
-    for label, bits, cells in table["rows"]:
+    for label, bits, cells in table.rows:
         cell = cells.get(col)
         if cell is None:
             continue
-        meta = table["meta"][(label, bits)]
+        meta = table.meta[(label, bits)]
         err = cell.seeds["std"] if cell.seeds and cell.seeds["n"] > 1 else cell.half
-        out.append({"x": meta["effective_bits"], "y": cell.value, "err": err, "family": meta["family"],
+        out.append({"x": meta.effective_bits, "y": cell.value, "err": err, "family": meta.family,
                     "label": label})
     return out
 
 
-def plot_column(table: dict[str, Any], col, title: str, stem: Path) -> list[Path]:
+def plot_column(table: Table, col, title: str, stem: Path) -> list[Path]:
     pts = series(table, col)
     if not pts:
         return []
@@ -83,10 +84,10 @@ def plot_column(table: dict[str, Any], col, title: str, stem: Path) -> list[Path
     return paths
 
 
-def plot_table(table: dict[str, Any], folder: Path, stem: str, title: str) -> dict[str, Path]:
+def plot_table(table: Table, folder: Path, stem: str, title: str) -> dict[str, Path]:
     """Every column's plot for one (model, profile) table → {"<column> png|svg": path}."""
     out = {}
-    for col in table["columns"]:
+    for col in table.columns:
         name = re.sub(r"[^A-Za-z0-9._]+", "_", col.name).strip("_")  # "a b [limit=500]": a_b_limit_500
         for path in plot_column(table, col, f"{title}: {col.name}", folder / f"{stem}__{name}"):
             out[f"{col.name} {path.suffix[1:]}"] = path

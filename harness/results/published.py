@@ -37,6 +37,7 @@ import yaml
 from harness.errors import ConfigError
 from harness.results import allocation, stats
 from harness.results.compare import compare, resolve
+from harness.results.formats import md_table
 from harness.results.records import REFERENCE_DIR, load_records
 from harness.util import REPO_ROOT
 
@@ -66,8 +67,7 @@ def fmt_signed(v: float) -> str:
 
 
 def md(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    return "\n".join(md_table(header, rows)) + "\n"
 
 
 @dataclass

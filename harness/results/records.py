@@ -33,6 +33,17 @@ PACKAGES = ("torch", "transformers", "lm_eval", "hydra-core", "pluggy", "dataset
 PROTOCOL_DEFAULTS = {"gptq-ppl-wikitext2": {"bos": "none"}, "gptq-ppl-c4": {"bos": "none"}}
 
 
+_PPL = {"metric": "ppl", "lower_is_better": True, "percent": False}
+#: how tasks are shown for records written before they declared it (``primary``, schema 2): what the
+#: task plugins declared then (tasks/perplexity.py, tasks/zeroshot.py). New records carry their own.
+LEGACY_PRIMARY: dict[str, dict[str, Any]] = {
+    "wikitext2": _PPL, "c4": _PPL, "zeroshot": {"metric": "mean", "lower_is_better": False, "percent": True},
+    **{t: {"metric": m, "lower_is_better": False, "percent": True} for t, m in (
+        ("piqa", "acc"), ("hellaswag", "acc_norm"), ("arc_easy", "acc"), ("arc_challenge", "acc_norm"),
+        ("winogrande", "acc"))},
+}
+
+
 def task_protocol(rec: dict[str, Any], task: str) -> dict[str, Any]:
     """The protocol of ``task`` in a record, with the fields older records lack filled in (``PROTOCOL_DEFAULTS``)."""
     proto = dict((rec.get("protocol") or {}).get(task) or {})
