@@ -205,12 +205,12 @@ def measure(kernel: str, fn, types, constexprs, num_warps, num_stages, bits, gro
 
 def quant_jobs(kernels: list[str], bits_list: list[int], groups: list[int], quick: bool):
     """(kernel name, jit fn, arg types, constexprs, warps, stages, bits, group, K step, BLOCK_N) per config."""
-    import harness.packed.kernels as K
+    import harness.packed.tuning as T
 
     for name in kernels:
         for bits in bits_list:
             for group in groups:
-                for spec in K.sass_configs(name, bits, group, quick=quick):
+                for spec in T.sass_configs(name, bits, group, quick=quick):
                     yield (name, *spec)
 
 

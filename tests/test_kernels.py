@@ -160,7 +160,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-import harness.packed.kernels as K
+from harness.packed.gemm import gemm_kernel
+from harness.packed.gemv import gemv_kernel
 
 def build(fn, types, constexprs, **options):
     sig = {a: ("constexpr" if a in constexprs else types[a]) for a in fn.arg_names}
@@ -168,10 +169,10 @@ def build(fn, types, constexprs, **options):
 
 ptrs = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", out_ptr="*fp16")
 ptrs.update(part_ptr="*fp32", cnt_ptr="*i32")
-gemv = build(K._gemv_kernel, {**ptrs, "N": "i32", "K": "i32", "M_BUCKET": "i32"},
+gemv = build(gemv_kernel, {**ptrs, "N": "i32", "K": "i32", "M_BUCKET": "i32"},
              dict(BITS=2, GROUP=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=4, HALF2=True, PTX=True, EVEN=True, STAGES=3),
              num_warps=1, num_stages=2)
-gemm = build(K._gemm_kernel, {**ptrs, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
+gemm = build(gemm_kernel, {**ptrs, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
                               "M_BUCKET": "i32"},
              dict(BITS=4, GROUP=0, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=2, GROUP_M=8, DOT_F32=False,
                   HALF2=True, PTX=True),
