@@ -9,6 +9,8 @@ import torch
 
 pytest.importorskip("triton")  # the kernels need it; the rest of the harness does not (test_no_triton.py)
 
+from conftest import require_tool  # noqa: E402
+
 from harness.errors import ConfigError  # noqa: E402
 from harness.packed.kernels import KernelConfig, launch  # noqa: E402
 from harness.packed.ops import quant_matmul  # noqa: E402
@@ -193,6 +195,6 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     res = subprocess.run([sys.executable, "-c", AOT], env=env, capture_output=True, text=True, timeout=600)
     if res.returncode and "ptxas" in res.stderr and "not found" in res.stderr.lower():
-        pytest.skip("triton's ptxas is not available")
+        require_tool("ptxas")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["True", "True"]  # tensor-core MMA in the GEMM, the split-K counter in the GEMV

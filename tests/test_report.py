@@ -3,12 +3,12 @@ per bit-width group, Δ vs FP16, effective bits, intervals or dashes, the Pareto
 the paper's layout, an 80-column console, and the HTML page in a real headless browser."""
 import io
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 from rich.console import Console
 
 from harness.results.records import load_records
@@ -114,8 +114,8 @@ def test_the_html_page_is_self_contained(rendered):
     assert "http://" not in page and "https://" not in page  # no network
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_the_html_page_sorts_and_filters_in_a_headless_browser(rendered, tmp_path):
+    require_tool("chromium")
     out, _, _ = rendered
     shot = tmp_path / "leaderboard.png"
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "check_html.py"), str(out / "index.html"),

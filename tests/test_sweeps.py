@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from conftest import require_tool  # noqa: E402
 
-pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra: pip install -e .[cluster]")
+require_tool("cluster")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
