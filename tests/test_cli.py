@@ -3,6 +3,9 @@ import json
 
 import pytest
 
+# Never launches a kernel: CI runs this file once, with Triton hidden (.ci/run's no-Triton pass).
+pytestmark = pytest.mark.no_triton
+
 TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
         "wandb.mode=disabled"]
 

@@ -7,8 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HIDE = str(Path(__file__).resolve().parent / "no_triton")
 REPO = Path(__file__).resolve().parent.parent
+# Hides Triton itself (in subprocesses); CI runs it once, in .ci/run's no-Triton pass.
+pytestmark = pytest.mark.no_triton
+
 TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
         "profile.calib_samples=4", "wandb.mode=disabled", "task=[wikitext2]"]
 
