@@ -10,6 +10,7 @@ TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "prof
         "wandb.mode=disabled"]
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(tmp_path, run_cli):
     cases = {
         "method=nope": "unknown method 'nope'; known: aptq, fp16, gptq, owq, pbllm, rtn",
@@ -35,6 +36,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, run_cli):
         assert "converting" not in res.stderr and not (tmp_path / "wandb").exists()  # refused before any work
 
 
+@pytest.mark.slow
 def test_run_writes_a_complete_record_and_resumes(tmp_path, run_cli):
     res = run_cli("harness", *TINY, f"results_dir={tmp_path}", "method=rtn", "bits=3")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -57,6 +59,7 @@ def test_run_writes_a_complete_record_and_resumes(tmp_path, run_cli):
     assert len(list((tmp_path / "records").glob("*.json"))) == 1
 
 
+@pytest.mark.slow
 def test_multirun_sweep_and_report(tmp_path, run_cli):
     res = run_cli("harness", "-m", *TINY, "task=[wikitext2]", f"results_dir={tmp_path}",
                   "method=fp16,rtn", "bits=3,4")
