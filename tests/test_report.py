@@ -125,6 +125,7 @@ def test_the_html_page_sorts_and_filters_in_a_headless_browser(rendered, tmp_pat
     assert shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_sweep_logs_its_runs_and_its_plots_to_one_wandb_group(tmp_path, run_cli):
     res = run_cli("harness", "-m", "model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2",
                   "task=[wikitext2]", "wandb.mode=offline", f"results_dir={tmp_path}", "method=fp16,rtn")
