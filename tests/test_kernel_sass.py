@@ -50,6 +50,7 @@ def test_gemv_instructions_per_weight_within_target(gemv_rows, bits, group):
     assert spills == 0 and stack == 0
 
 
+@pytest.mark.slow
 def test_counts_are_deterministic():
     """Two builds of one configuration give the same SASS count (the table can be compared across commits)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
