@@ -80,10 +80,10 @@ def _unpack_tile_half2(words, zc, BITS: tl.constexpr, PTX: tl.constexpr):
 
 @triton.jit
 def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
-                 BITS: tl.constexpr, GROUP: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_F32: tl.constexpr, HALF2: tl.constexpr,
-                 PTX: tl.constexpr):
+                BITS: tl.constexpr, GROUP: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_F32: tl.constexpr, HALF2: tl.constexpr,
+                PTX: tl.constexpr):
     """out (M, N) = x (M, K) @ Ŵᵀ with tl.dot. Grid: (cdiv(M, BLOCK_M)·cdiv(N, BLOCK_N), SPLIT_K).
 
     Each K block loads its (BLOCK_K/P, BLOCK_N) packed tile once and expands every word in registers
@@ -159,10 +159,11 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         split_k_reduce(acc, out_ptrs, part_ptr + offs_m[:, None] * N + offs_n[None, :], M * N, mask, cnt_ptr,
-                        pid, pid_k, SPLIT_K)
+                       pid, pid_k, SPLIT_K)
 
 
 def configs() -> list[triton.Config]:
+    """The GEMM's autotuning space, pruned per problem by ``harness.packed.tuning``."""
     out = []
     for bm, bn, bk, w, stages in [(16, 64, 64, 4, 3), (16, 128, 64, 4, 4), (32, 64, 64, 4, 4), (32, 128, 64, 4, 3),
                                   (64, 128, 64, 4, 3), (64, 256, 32, 8, 3), (128, 128, 32, 8, 3),

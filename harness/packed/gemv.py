@@ -167,9 +167,9 @@ def _block_words(qw_ptr, rows_e, offs_n, mask_n, N, KW, EVEN: tl.constexpr):
 
 @triton.jit
 def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M_BUCKET,
-                 BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, HALF2: tl.constexpr, PTX: tl.constexpr, EVEN: tl.constexpr,
-                 STAGES: tl.constexpr):
+                BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                SPLIT_K: tl.constexpr, HALF2: tl.constexpr, PTX: tl.constexpr, EVEN: tl.constexpr,
+                STAGES: tl.constexpr):
     """out (1, N) = x (1, K) @ Ŵᵀ. Grid: (cdiv(N, BLOCK_N), SPLIT_K). GROUP = 0: per-channel; GROUP % BLOCK_K == 0.
 
     Split ``pid_k`` owns a contiguous run of K blocks. A block's BLOCK_K/P word rows are read as two
@@ -237,10 +237,11 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M
 
 
 def configs() -> list[triton.Config]:
-    """GEMV space: BLOCK_N = 8 or 4 columns × 32 lanes × warps. Each thread owns every word row of the
-    block and 4 adjacent columns per 128-bit load; with 8 columns each activation pair serves twice as
-    many weights. ``harness.packed.tuning`` prunes to the 4-column ones for 4-bit only (2-bit: > 2.0 instructions per
-    weight) and BLOCK_K = 256 only where it does not spill (``benchmarks/kernel_sass.py``)."""
+    """The GEMV's autotuning space: BLOCK_N = 8 or 4 columns × 32 lanes × warps. Each thread owns every
+    word row of the block and 4 adjacent columns per 128-bit load; with 8 columns each activation pair
+    serves twice as many weights. ``harness.packed.tuning`` keeps the 4-column ones for 4-bit only (2-bit:
+    > 2.0 instructions per weight) and BLOCK_K = 256 only where it does not spill
+    (``benchmarks/kernel_sass.py``)."""
     out = []
     for bn, bk, w in [(256, 128, 1), (512, 128, 2), (512, 256, 2), (1024, 128, 4), (256, 128, 2), (512, 128, 4)]:
         for split_k in (1, 2, 4, 8, 16):
