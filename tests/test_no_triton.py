@@ -38,6 +38,7 @@ def test_triton_is_really_hidden():
     assert res.returncode == 1 and "hidden by tests/no_triton" in res.stderr
 
 
+@pytest.mark.slow
 def test_a_packed_run_saves_loads_and_reports_without_triton(tmp_path, run_cli):
     out = tmp_path / "results"
     res = subprocess.run([sys.executable, "-c", RUN, *TINY, "method=gptq", "pack=true", f"results_dir={out}"],
