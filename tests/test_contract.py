@@ -66,6 +66,7 @@ class _ThirdParty:
 
 PLUGINS = make_plugins(extra=[_ThirdParty()])
 CASES = [(name, ()) for name in PLUGINS.methods.names()] + [("aptq", ("ratio=0.5",))]  # + a 2/4 mix
+SLOW_CASES = {("aptq", ("ratio=0.5",))}  # the 2/4 mix: the slow tier (APTQ itself stays in the fast one)
 
 
 def method_cfg(tiny_cfg, name: str, extra: tuple[str, ...]) -> dict:
@@ -75,7 +76,8 @@ def method_cfg(tiny_cfg, name: str, extra: tuple[str, ...]) -> dict:
     return {**cfg, "method": {"name": name}}  # a plugin's method: its Config defaults
 
 
-@pytest.mark.parametrize("name,extra", CASES, ids=[" ".join((n, *e)) for n, e in CASES])
+@pytest.mark.parametrize("name,extra", [
+    pytest.param(n, e, id=" ".join((n, *e)), marks=pytest.mark.slow if (n, e) in SLOW_CASES else ()) for n, e in CASES])
 def test_every_method_meets_the_contract(name, extra, tiny_cfg, tmp_path):
     cls = PLUGINS.methods.get(name)
     with pytest.raises(ConfigError, match=f"method '{name}' has no option 'no_such_option'"):

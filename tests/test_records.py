@@ -56,6 +56,7 @@ def test_other_architectures_and_group_sizes(tiny_cfg):
     assert all(info["group_size"] == 32 for info in rec["quantization"]["layers"].values())
 
 
+@pytest.mark.slow
 def test_the_identity_covers_code_and_data_and_a_skip_names_the_record(tiny_cfg, tmp_path, monkeypatch, caplog):
     import logging
     import shutil
