@@ -140,9 +140,6 @@ def export_tuned(device_name: str) -> list[dict]:
     return out
 
 
-_COUNTERS: dict[tuple, torch.Tensor] = {}  # (device, stream) → zeroed int32 split-K arrival counters
-
-
 _PTRS = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", out_ptr="*fp16")
 
 
