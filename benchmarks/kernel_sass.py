@@ -253,7 +253,7 @@ def best(rows: list[Row]) -> list[dict]:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernels", default="gemv,gemm", help="comma list of kernel names (harness.packed.kernels)")
+    p.add_argument("--kernels", default="gemv,gemm", help="comma list of kernel families: harness.packed.gemv, .gemm")
     p.add_argument("--bits", default="4,2")
     p.add_argument("--groups", default="128,0", help="group sizes; 0 = per-channel")
     p.add_argument("--quick", action="store_true", help="the default launch configuration of each kernel only")
