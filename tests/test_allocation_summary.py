@@ -7,18 +7,22 @@ a re-run that must replace its older record, and a GPTQ-3 / GPTQ-4 pair that sha
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import allocation_summary as S  # noqa: E402
+from harness.results.records import load_record
+from harness.results.report import REFERENCE_DIR
 
-from harness.results.records import load_record  # noqa: E402
-from harness.results.report import REFERENCE_DIR  # noqa: E402
+# Loaded by path, not by putting benchmarks/ on sys.path: there, benchmarks/kernels.py would shadow the
+# Hugging Face ``kernels`` package that transformers imports, for every test after this one.
+_spec = importlib.util.spec_from_file_location(
+    "allocation_summary", Path(__file__).resolve().parents[1] / "benchmarks" / "allocation_summary.py")
+S = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(S)
 
 DRAWS = sorted((REFERENCE_DIR / "records").glob("*APTQ-75-g64-act-ts-random-seed[3-7]__*.json"))
 
