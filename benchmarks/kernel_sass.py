@@ -205,12 +205,12 @@ def measure(kernel: str, fn, types, constexprs, num_warps, num_stages, bits, gro
 
 def quant_jobs(kernels: list[str], bits_list: list[int], groups: list[int], quick: bool):
     """(kernel name, jit fn, arg types, constexprs, warps, stages, bits, group, K step, BLOCK_N) per config."""
-    import harness.packed.kernels as K
+    import harness.packed.tuning as T
 
     for name in kernels:
         for bits in bits_list:
             for group in groups:
-                for spec in K.sass_configs(name, bits, group, quick=quick):
+                for spec in T.sass_configs(name, bits, group, quick=quick):
                     yield (name, *spec)
 
 
@@ -253,7 +253,7 @@ def best(rows: list[Row]) -> list[dict]:
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernels", default="gemv,gemm", help="comma list of kernel names (harness.packed.kernels)")
+    p.add_argument("--kernels", default="gemv,gemm", help="comma list of kernel families: harness.packed.gemv, .gemm")
     p.add_argument("--bits", default="4,2")
     p.add_argument("--groups", default="128,0", help="group sizes; 0 = per-channel")
     p.add_argument("--quick", action="store_true", help="the default launch configuration of each kernel only")

@@ -236,7 +236,7 @@ def main() -> int:
            "torch": torch.__version__, "triton": __import__("triton").__version__, "rows": rows, "block": block,
            "failures": failures}
     if not args.smoke:  # the autotuners' choices, in the shipped table's format (harness/packed/tuned_configs.json)
-        from harness.packed.kernels import export_tuned
+        from harness.packed.tuning import export_tuned
 
         tuned = Path(args.out) / "kernels-tuned.json"
         tuned.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,18 @@
 """Shared fixtures. Tests read real data from ../shared/data (or $HARNESS_DATA) and cache the
 converted default model under $HARNESS_CACHE (default ~/.cache/quant-harness).
 
+Tiers: ``pytest -m "not slow"`` is the fast tier for the edit loop (every module keeps tests there);
+``pytest`` runs everything, as CI does. A test that needs a tool CI installs (Chromium, Triton's ptxas,
+the cluster extra, the shared data) asks ``require_tool(name)``: missing, it skips here, and under
+``CI=true`` it fails, so that CI never passes by skipping what it was meant to check.
+
 The Hugging Face Hub is switched off for the whole session (and the CLI subprocesses): every test
 runs from local files, which proves the local-data paths never reach for the Hub."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,14 +35,56 @@ from harness.cli import CONF_DIR  # noqa: E402
 from harness.inputs.data import resolve_data_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _ptxas() -> Path | None:
+    """Triton's bundled ptxas (what it runs for sm_90), if Triton and the binary are there."""
+    try:
+        import triton
+    except ImportError:
+        return None
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas  # triton >= 3.6
+
+        path = Path(get_ptxas(90).path)
+    except (ImportError, TypeError, RuntimeError, AttributeError):
+        path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    return path if path.exists() else None
+
+
+def _cluster_extra() -> bool:
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# name → (how to find it: the found thing or None/False, how to get it)
+TOOLS = {
+    "chromium": (lambda: shutil.which("chromium"), "Debian's chromium (.ci/run installs it)"),
+    "ptxas": (_ptxas, "Triton's bundled ptxas (pip install triton)"),
+    "cluster": (_cluster_extra, "the cluster extra: pip install -e .[cluster]"),
+    "data": (lambda: resolve_data_dir(None), "a local data directory: set HARNESS_DATA or put shared/data beside "
+                                              "the checkout"),
+}
+
+
+def require_tool(name: str):
+    """The tool ``name`` of ``TOOLS`` (what its finder returns), or a skip of the calling test when it is
+    missing; under ``CI=true`` a failure instead, since CI installs every one of them."""
+    find, how = TOOLS[name]
+    found = find()
+    if found:
+        return found
+    if CI:
+        pytest.fail(f"{name} is missing under CI=true, where CI installs it: {how}", pytrace=False)
+    pytest.skip(f"needs {how}")
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    d = resolve_data_dir(None)
-    if d is None:
-        pytest.skip("no local data directory (set HARNESS_DATA or put shared/data beside the checkout)")
-    return d
+    return require_tool("data")
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ def names(block, *locals_):
     return {f"b.{n}": m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] in locals_}
 
 
+@pytest.mark.slow
 def test_o_proj_attention_hessian_is_gptq_hessian(block_and_inputs):
     """F = o_proj's output, so ∂F/∂y_t = I and s_t = ‖v_t‖²/d_out = 1 exactly for Rademacher v."""
     block, inps, kwargs = block_and_inputs

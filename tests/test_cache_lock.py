@@ -101,6 +101,7 @@ def test_sensitivities_are_computed_once(tmp_path):
                                  + [json.dumps([{"model.layers.0.self_attn.q_proj": 1.5}, True])] * (N - 1))
 
 
+@pytest.mark.slow
 def test_zeroshot_data_is_converted_once(tmp_path, data_dir):
     from tasks import zeroshot_data
 

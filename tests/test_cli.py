@@ -3,10 +3,14 @@ import json
 
 import pytest
 
+# Never launches a kernel: CI runs this file once, with Triton hidden (.ci/run's no-Triton pass).
+pytestmark = pytest.mark.no_triton
+
 TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
         "wandb.mode=disabled"]
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(tmp_path, run_cli):
     cases = {
         "method=nope": "unknown method 'nope'; known: aptq, fp16, gptq, owq, pbllm, rtn",
@@ -32,6 +36,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, run_cli):
         assert "converting" not in res.stderr and not (tmp_path / "wandb").exists()  # refused before any work
 
 
+@pytest.mark.slow
 def test_run_writes_a_complete_record_and_resumes(tmp_path, run_cli):
     res = run_cli("harness", *TINY, f"results_dir={tmp_path}", "method=rtn", "bits=3")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -54,6 +59,7 @@ def test_run_writes_a_complete_record_and_resumes(tmp_path, run_cli):
     assert len(list((tmp_path / "records").glob("*.json"))) == 1
 
 
+@pytest.mark.slow
 def test_multirun_sweep_and_report(tmp_path, run_cli):
     res = run_cli("harness", "-m", *TINY, "task=[wikitext2]", f"results_dir={tmp_path}",
                   "method=fp16,rtn", "bits=3,4")
@@ -77,3 +83,32 @@ def test_help_and_cfg_job(run_cli):
     assert res.returncode == 0 and "method: aptq, fp16, gptq, owq, pbllm, rtn" in res.stdout
     res = run_cli("harness", "--cfg", "job", "method=rtn", "bits=2")
     assert res.returncode == 0 and "bits: 2" in res.stdout
+
+
+def test_report_entry_point_answers_help(run_cli):
+    """``python -m harness.report`` (the fast tier's touch of the entry point; the sweep test renders)."""
+    res = run_cli("harness.report", "--help")
+    assert res.returncode == 0 and "usage" in res.stdout.lower(), res.stderr[-2000:]
+
+
+def test_sweep_callback_renders_once_into_the_sweeps_wandb_group_and_never_raises(tmp_path, monkeypatch, caplog):
+    """``RenderTables.on_multirun_end``: one render of ``results_dir``, the sweep dir as the W&B group; a
+    failing render is a warning that names the command to run later, never an exception (the records are safe)."""
+    from omegaconf import OmegaConf
+
+    from harness.plugins.callbacks import RenderTables
+
+    calls = []
+    monkeypatch.setattr("harness.results.report.render", lambda folder, **kw: calls.append((folder, kw)) or {})
+    cfg = OmegaConf.create({"results_dir": str(tmp_path), "wandb": {"mode": "disabled", "group": None},
+                            "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    RenderTables().on_multirun_end(cfg)
+    assert len(calls) == 1 and calls[0][0] == tmp_path
+    assert calls[0][1]["wandb"]["group"] == (tmp_path / "sweep").as_posix()
+
+    def fail(folder, **kw):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("harness.results.report.render", fail)
+    RenderTables().on_multirun_end(cfg)
+    assert "python -m harness.report" in caplog.text and "disk full" in caplog.text

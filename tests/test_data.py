@@ -68,6 +68,7 @@ def gptq_get_c4_eval(docs, tokenizer, n, seqlen):
     return torch.cat(out)
 
 
+@pytest.mark.slow
 def test_c4_windows_match_gptq_sampling(data_dir, tokenizer):
     docs = load_corpus("c4_eval", data_dir).docs
     ours = random_doc_windows(docs, tokenizer, 12, 256, seed=0)

@@ -34,6 +34,7 @@ def ppl(rec: dict) -> float:
     return rec["metrics"]["wikitext2"]["ppl"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fp16", "gptq"])
 def test_device_map_gives_the_perplexity_of_the_undispatched_model(tiny_cfg, tiny_folder, method):
     base = ["model=hf", f"model.path={tiny_folder}", f"method={method}", "task=[wikitext2]", "offload=true"]

@@ -278,8 +278,14 @@ METHODS = (("fp16", ()), ("rtn", ()), ("gptq", ()), ("aptq", ()), ("aptq", ("rat
            ("aptq", ("ratio=0.75", "method.sensitivity=measured", "method.truth_windows=1")))
 
 
-@pytest.mark.parametrize("method,extra", METHODS, ids=[" ".join((m, *e)) for m, e in METHODS])
-@pytest.mark.parametrize("fam", FAMILY_MODELS)
+# The fast tier runs a diagonal of the matrix (every family once, every method once); the rest is slow.
+DIAGONAL = {(FAMILY_MODELS[j % len(FAMILY_MODELS)], j) for j in range(len(METHODS))}
+MATRIX = [pytest.param(fam, method, extra, id=f"{fam}-{' '.join((method, *extra))}",
+                       marks=() if (fam, j) in DIAGONAL else pytest.mark.slow)
+          for fam in FAMILY_MODELS for j, (method, extra) in enumerate(METHODS)]
+
+
+@pytest.mark.parametrize("fam,method,extra", MATRIX)
 def test_every_family_runs_every_method(fam, method, extra, tiny_cfg, monkeypatch):
     """plan → load → quantize → (packable: pack → save → load, identical logits) → evaluate → record.
 

@@ -57,6 +57,7 @@ def tiny(cache_dir):
     return model
 
 
+@pytest.mark.slow
 def test_captured_inputs_are_per_window_with_no_cache(tiny):
     torch.manual_seed(0)
     windows = torch.randint(0, 1000, (3, 16))

@@ -11,10 +11,8 @@ import re
 import numpy as np
 import pytest
 
-pytest.importorskip("triton")
-
-from harness.packed import kernels as K  # noqa: E402
-from harness.packed.packing import pack_codes  # noqa: E402
+from harness.packed import ptx  # plain Python: no Triton needed
+from harness.packed.packing import pack_codes
 
 M32 = 0xFFFFFFFF
 
@@ -93,7 +91,7 @@ def _pairs(X: list[int], bits: int) -> list[int]:
     Q = P // 4
     out = []
     for a in range(Q):
-        lo, hi = run_ptx(K._PRMT_ASM.value, [X[a], X[a + Q]], 2)
+        lo, hi = run_ptx(ptx.PRMT_ASM, [X[a], X[a + Q]], 2)
         out += [lo, hi]
     return out
 
@@ -110,9 +108,9 @@ def test_dot_asm_matches_exact_sum(bits, seed):
 
     words = [int(w) & M32 for w in pack_codes(torch.tensor(codes, dtype=torch.uint8), bits).flatten().tolist()]
     zbits = int(np.float16(z).view(np.uint16))
-    zc = run_ptx(K.zero_asm(bits)[0], [zbits], 8 // bits)
+    zc = run_ptx(ptx.zero_asm(bits)[0], [zbits], 8 // bits)
     pairs = _pairs(_x_words(x[:P]), bits) + _pairs(_x_words(x[P:]), bits)
-    (y,) = run_ptx(K.dot_asm(bits)[0], [*words, *zc, *pairs], 1)
+    (y,) = run_ptx(ptx.dot_asm(bits)[0], [*words, *zc, *pairs], 1)
     exact = float(np.sum(x.astype(np.float64) * (codes[0] - z)))
     scale = float(np.sum(np.abs(x.astype(np.float64) * (codes[0] - z))))
     assert abs(y - exact) <= 2e-3 * scale + 1e-6, (y, exact)
@@ -123,7 +121,7 @@ def test_fixups_give_q_minus_z_exactly(bits):
     """Every code and zero point: the lop3 + fix-up of ``dot_asm`` yields q − z exactly (x = 1, one pair)."""
     P = 32 // bits
     for z in range(2**bits):
-        zc = run_ptx(K.zero_asm(bits)[0], [int(np.float16(z).view(np.uint16))], 8 // bits)
+        zc = run_ptx(ptx.zero_asm(bits)[0], [int(np.float16(z).view(np.uint16))], 8 // bits)
         for q in range(2**bits):
             codes = np.full((1, 2 * P), q)
             import torch
@@ -131,7 +129,7 @@ def test_fixups_give_q_minus_z_exactly(bits):
             words = [int(w) & M32 for w in pack_codes(torch.tensor(codes, dtype=torch.uint8), bits).flatten().tolist()]
             one = _x_words(np.ones(P, dtype=np.float16))
             pairs = _pairs(one, bits) * 2
-            (y,) = run_ptx(K.dot_asm(bits)[0], [*words, *zc, *pairs], 1)
+            (y,) = run_ptx(ptx.dot_asm(bits)[0], [*words, *zc, *pairs], 1)
             assert y == 2 * P * (q - z)
 
 
@@ -146,7 +144,7 @@ def test_unpack_asm_pairs_are_q_minus_z_in_lane_order(bits):
         codes = rng.integers(0, 2**bits, size=(1, P))
         z = int(rng.integers(0, 2**bits))
         (word,) = [int(w) & M32 for w in pack_codes(torch.tensor(codes, dtype=torch.uint8), bits).flatten().tolist()]
-        zc = run_ptx(K.zero_asm(bits)[0], [int(np.float16(z).view(np.uint16))], 8 // bits)
-        pairs = run_ptx(K.unpack_asm(bits)[0], [word, *zc], P // 2)
+        zc = run_ptx(ptx.zero_asm(bits)[0], [int(np.float16(z).view(np.uint16))], 8 // bits)
+        pairs = run_ptx(ptx.unpack_asm(bits)[0], [word, *zc], P // 2)
         for p, h in enumerate(pairs):
             assert list(_lanes(h)) == [codes[0, p] - z, codes[0, p + P // 2] - z]

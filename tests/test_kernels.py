@@ -9,6 +9,8 @@ import torch
 
 pytest.importorskip("triton")  # the kernels need it; the rest of the harness does not (test_no_triton.py)
 
+from conftest import require_tool  # noqa: E402
+
 from harness.errors import ConfigError  # noqa: E402
 from harness.packed.kernels import KernelConfig, launch  # noqa: E402
 from harness.packed.ops import quant_matmul  # noqa: E402
@@ -73,7 +75,8 @@ def test_unpackable_shapes_are_clear_errors():
         check_packable(96, 4, 48)
 
 
-SHAPES = [(48, 128), (96, 256)]  # (N, K): N not a multiple of the block, K of 2·BLOCK_K
+# (N, K): N not a multiple of the block, K of 2·BLOCK_K; the larger shape in the slow tier
+SHAPES = [(48, 128), pytest.param(96, 256, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -160,7 +163,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-import harness.packed.kernels as K
+from harness.packed.gemm import gemm_kernel
+from harness.packed.gemv import gemv_kernel
 
 def build(fn, types, constexprs, **options):
     sig = {a: ("constexpr" if a in constexprs else types[a]) for a in fn.arg_names}
@@ -168,10 +172,10 @@ def build(fn, types, constexprs, **options):
 
 ptrs = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", out_ptr="*fp16")
 ptrs.update(part_ptr="*fp32", cnt_ptr="*i32")
-gemv = build(K._gemv_kernel, {**ptrs, "N": "i32", "K": "i32", "M_BUCKET": "i32"},
+gemv = build(gemv_kernel, {**ptrs, "N": "i32", "K": "i32", "M_BUCKET": "i32"},
              dict(BITS=2, GROUP=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=4, HALF2=True, PTX=True, EVEN=True, STAGES=3),
              num_warps=1, num_stages=2)
-gemm = build(K._gemm_kernel, {**ptrs, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
+gemm = build(gemm_kernel, {**ptrs, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
                               "M_BUCKET": "i32"},
              dict(BITS=4, GROUP=0, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=2, GROUP_M=8, DOT_F32=False,
                   HALF2=True, PTX=True),
@@ -192,6 +196,6 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     res = subprocess.run([sys.executable, "-c", AOT], env=env, capture_output=True, text=True, timeout=600)
     if res.returncode and "ptxas" in res.stderr and "not found" in res.stderr.lower():
-        pytest.skip("triton's ptxas is not available")
+        require_tool("ptxas")
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.split() == ["True", "True"]  # tensor-core MMA in the GEMM, the split-K counter in the GEMV

@@ -83,6 +83,7 @@ def test_bad_target_bits_is_one_line(bits, target, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_owq_end_to_end_on_a_tiny_model(tiny_cfg):
     from harness.run import execute
 

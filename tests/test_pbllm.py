@@ -100,6 +100,7 @@ def test_summary_uses_layer_reported_bits_and_says_fake_quant():
     assert s["packable"] is False and s["evaluation_weights"] == "fake-quant" and s["packable_reason"] == "binarized"
 
 
+@pytest.mark.slow
 def test_pbllm_end_to_end_on_a_tiny_model(tiny_cfg):
     from harness.run import execute
 

@@ -28,6 +28,7 @@ def task(cls, data_dir, cache_dir, **opts):
     return cls(PerplexityConfig(**{"seqlen": 64, "n_windows": 3, **opts}), TaskEnv(data_dir, cache_dir, "cpu"))
 
 
+@pytest.mark.slow
 def test_per_window_puts_bos_first_and_keeps_the_window_length(tokenizer, data_dir, cache_dir):
     text = load_corpus("wikitext2_test", data_dir)
     none = task(WikiText2, data_dir, cache_dir).windows(text, tokenizer)

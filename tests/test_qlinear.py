@@ -99,6 +99,7 @@ def test_weights_off_the_grid_are_refused():
                           qw.Q.t(), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_pack_save_and_load_give_identical_logits(tiny_cfg, tmp_path):
     rec = execute(tiny_cfg("method=rtn", "bits=4", "group_size=32", "save=true", "task=[wikitext2]"))
     q = rec["quantization"]
@@ -118,6 +119,7 @@ def test_pack_save_and_load_give_identical_logits(tiny_cfg, tmp_path):
         execute(tiny_cfg("model=hf", f"model.path={folder}", "method=rtn", "task=[wikitext2]"))
 
 
+@pytest.mark.slow
 def test_corrupt_and_mismatched_checkpoints_fail_clearly(tiny_cfg, tmp_path):
     rec = execute(tiny_cfg("method=rtn", "bits=2", "save=true", "task=[wikitext2]"))
     from pathlib import Path

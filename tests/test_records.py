@@ -24,6 +24,7 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp files left
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_and_a_wandb_failure_never_loses_the_record(tiny_cfg, tmp_path, monkeypatch):
     cfg = tiny_cfg("method=rtn", "task=[wikitext2]", "wandb.mode=offline", "wandb.group=sweep-1")
     rec = execute(cfg)
@@ -55,6 +56,7 @@ def test_other_architectures_and_group_sizes(tiny_cfg):
     assert all(info["group_size"] == 32 for info in rec["quantization"]["layers"].values())
 
 
+@pytest.mark.slow
 def test_the_identity_covers_code_and_data_and_a_skip_names_the_record(tiny_cfg, tmp_path, monkeypatch, caplog):
     import logging
     import shutil
@@ -150,6 +152,7 @@ execute(cfg, plugins=make_plugins([DieWhileEvaluating()] if when == "evaluating"
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["evaluating", "writing the record"])
 def test_a_killed_run_leaves_no_complete_record_and_runs_again(tiny_cfg, tmp_path, caplog, when):
     """A job killed mid-run (preempted, timed out, cancelled; SIGKILL here: nothing can clean up) leaves no

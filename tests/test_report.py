@@ -4,12 +4,12 @@ dashes, the Pareto frontier), plots, the paper's layout, an 80-column console, a
 real headless browser."""
 import io
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 from rich.console import Console
 
 from harness.results import stats
@@ -126,8 +126,8 @@ def test_the_html_page_is_self_contained(rendered):
     assert "http://" not in page and "https://" not in page  # no network
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_the_html_page_sorts_and_filters_in_a_headless_browser(rendered, tmp_path):
+    require_tool("chromium")
     out, _, _ = rendered
     shot = tmp_path / "leaderboard.png"
     res = subprocess.run([sys.executable, str(REPO / "scripts" / "check_html.py"), str(out / "index.html"),
@@ -137,6 +137,7 @@ def test_the_html_page_sorts_and_filters_in_a_headless_browser(rendered, tmp_pat
     assert shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_sweep_logs_its_runs_and_its_plots_to_one_wandb_group(tmp_path, run_cli):
     res = run_cli("harness", "-m", "model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2",
                   "task=[wikitext2]", "wandb.mode=offline", f"results_dir={tmp_path}", "method=fp16,rtn")

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require_tool
 
-pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra: pip install -e .[cluster]")
+require_tool("cluster")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
@@ -65,6 +66,7 @@ def records(results: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in (results / "records").glob("*.json")}
 
 
+@pytest.mark.slow
 def test_parallel_sweep_writes_each_record_once_and_renders_the_tables_once_at_the_end(tmp_path, run_cli):
     results, sweep = tmp_path / "results", tmp_path / "sweep"
     # 4 sweep points, 3 runs: fp16 ignores bits, so its two points are one run (started together: one waits)
@@ -89,6 +91,7 @@ def test_parallel_sweep_writes_each_record_once_and_renders_the_tables_once_at_t
         "FP1616", "RTN3", "RTN4"]
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_runs_only_the_unfinished_points_again(tmp_path, run_cli):
     results = tmp_path / "results"
     args = sweep_args(results, tmp_path / "sweep1", "method=rtn", "bits=2,3,4")
@@ -128,6 +131,7 @@ def submitit_tasks(marker: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow
 def test_preempted_job_is_requeued_and_its_run_starts_again(tmp_path):
     """submitit's preemption signal (USR2) mid-run: the launcher's checkpoint resubmits the same point, the
     job is requeued, the run starts again and writes its record once; nothing of the first try is kept."""

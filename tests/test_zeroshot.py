@@ -45,6 +45,7 @@ def test_unknown_task_name_lists_the_known_ones():
         make_plugins().tasks.get("pica")
 
 
+@pytest.mark.slow
 def test_quantized_tiny_model_through_the_suite_and_the_tables(tiny_cfg, tmp_path):
     cfg = tiny_cfg("method=rtn", "bits=4", "task=[zeroshot,winogrande]", "task.zeroshot.limit=3",
                    "task.zeroshot.batch_size=4", "task.winogrande.limit=2")

@@ -31,6 +31,7 @@ def test_item_counts_match_the_readme(data_dir, task, variant):
     assert all(len(h) == 64 for h in sources.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["arc_easy", "arc_challenge"])
 def test_arc_gold_is_the_official_key_through_lm_eval(data_dir, tmp_path, task):
     key = {r["id"]: r["answerKey"] for r in _jsonl(data_dir / task / "question-answers.aristo_leaderboard.jsonl")}
@@ -66,6 +67,7 @@ def test_winogrande_rebuild_reproduces_the_stored_partial_contexts(data_dir, tmp
         assert t.doc_to_text(doc) == lab - 1 == s["gold"]  # lm-eval: the gold option index
 
 
+@pytest.mark.slow
 def test_hellaswag_subset_is_lossless_and_full_rebuilds_the_queries(data_dir, tmp_path):
     sub, _ = lm_eval_task(data_dir, tmp_path, "hellaswag", "subset")
     full, local = lm_eval_task(data_dir, tmp_path, "hellaswag", "full")

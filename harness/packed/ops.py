@@ -1,7 +1,7 @@
 """The public packed matmul: the ``torch.library`` op ``harness::quant_matmul``.
 
 ``y (..., N) = x (..., K) @ Ŵᵀ`` with Ŵ dequantized from the packed buffers of
-``harness.packed.packing``. Dispatch: the Triton kernels of ``harness.packed.kernels`` on CUDA
+``harness.packed.packing``. Dispatch: the Triton kernels (``harness.packed.kernels.launch``) on CUDA
 tensors (and on CPU under ``TRITON_INTERPRET=1``, which the kernel tests use), the pure-PyTorch
 ``reference_matmul`` on CPU otherwise. Triton is imported only when a kernel runs, so the harness
 works without it (macOS, Windows, CPU-only installs); a CUDA run without Triton is refused with
@@ -10,17 +10,12 @@ one line. The fake implementation lets ``torch.compile`` trace through the op.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 
 from harness.errors import ConfigError
 from harness.packed.packing import reference_matmul
-
-
-def interpreting() -> bool:
-    """True under ``TRITON_INTERPRET=1``: Triton kernels run on the CPU (slowly), as in the tests."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from harness.packed.switches import interpreting
 
 
 def triton_available() -> bool:
@@ -50,7 +45,7 @@ def quant_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     if x2.shape[0] == 0:
         return x.new_empty((*lead, qweight.shape[1]))
     if uses_kernels(x2):
-        from harness.packed.kernels import launch  # the only Triton importer
+        from harness.packed.kernels import launch  # the kernel modules are the only Triton importers
 
         y = launch(x2, qweight, scales, zeros, bits, group_size)
     else:

@@ -1,0 +1,72 @@
+"""Triton helpers shared by the GEMV (``harness.packed.gemv``) and GEMM (``harness.packed.gemm``) kernels:
+the fp32 magic number, the PTX of ``harness.packed.ptx`` as constexprs, zero-point constants, code
+extraction and the deterministic split-K epilogue.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from harness.packed import ptx
+
+MAGIC = tl.constexpr(0x4B000000)  # fp32 bits of 2^23: OR-ing an integer < 2^23 into the mantissa gives 2^23 + q
+MAGIC_F = tl.constexpr(8388608.0)
+
+UNPACK4_ASM, UNPACK4_CON = (tl.constexpr(v) for v in ptx.unpack_asm(4))
+UNPACK2_ASM, UNPACK2_CON = (tl.constexpr(v) for v in ptx.unpack_asm(2))
+DOT4_ASM, DOT4_CON = (tl.constexpr(v) for v in ptx.dot_asm(4))
+DOT2_ASM, DOT2_CON = (tl.constexpr(v) for v in ptx.dot_asm(2))
+ZERO4_ASM = tl.constexpr(ptx.zero_asm(4)[0])
+ZERO2_ASM = tl.constexpr(ptx.zero_asm(2)[0])
+PRMT_ASM = tl.constexpr(ptx.PRMT_ASM)
+
+
+@triton.jit
+def _zero_consts(z, BITS: tl.constexpr):
+    """Zero points z (1, BLOCK_N) fp16 → the F = 8/b fix-up constants Zᵢ = −(1024·2^{−b·i} + z), each
+    (1, BLOCK_N) int32 holding the fp16 value in both lanes (``dot_asm``). One ``prmt`` + F ``sub.f16x2``."""
+    zb = z.to(tl.int16, bitcast=True).to(tl.int32)
+    if BITS == 4:
+        z0, z1 = tl.inline_asm_elementwise(ZERO4_ASM, "=r,=r,r", [zb], dtype=(tl.int32, tl.int32), is_pure=True,
+                                           pack=1)
+        return z0, z1
+    else:
+        z0, z1, z2, z3 = tl.inline_asm_elementwise(ZERO2_ASM, "=r,=r,=r,=r,r", [zb], dtype=(tl.int32,) * 4,
+                                                   is_pure=True, pack=1)
+        return z0, z1, z2, z3
+
+
+@triton.jit
+def zeros_for(z, BITS: tl.constexpr, PTX: tl.constexpr):
+    """The zero constants the PTX needs (``_zero_consts``), or z itself for the pure-Triton paths."""
+    if PTX:
+        return _zero_consts(z, BITS)
+    else:
+        return z
+
+
+@triton.jit
+def codes_of_pair(w, p: tl.constexpr, BITS: tl.constexpr):
+    """The two codes of pair p of words w, (k = p, k = p + P/2), as fp32 (the interpreter's ``lop3``)."""
+    P: tl.constexpr = 32 // BITS
+    MAXQ: tl.constexpr = (1 << BITS) - 1
+    wu = w.to(tl.uint32, bitcast=True)
+    return ((wu >> (BITS * p)) & MAXQ).to(tl.float32), ((wu >> (BITS * (p + P // 2))) & MAXQ).to(tl.float32)
+
+
+@triton.jit
+def split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile, pid_k, SPLIT_K: tl.constexpr):
+    """Deterministic split-K epilogue: store this split's fp32 partial ``acc`` at ``part_ptrs`` (split
+    ``pid_k`` at ``pid_k · split_stride``); the last split of output tile ``tile`` to arrive (an acq_rel
+    counter ``cnt_ptr[tile]``, zero before the launch) sums all partials in split order, stores them at
+    ``out_ptrs`` and resets the counter to zero, so no memset precedes the next launch. The sum's order
+    is fixed, so the result is bitwise the same whichever split arrives last."""
+    tl.store(part_ptrs + pid_k * split_stride, acc, mask=mask)
+    tl.debug_barrier()  # every thread's partial is written before the (single-thread) release below
+    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    if arrived == SPLIT_K - 1:
+        y = tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+        for k in tl.static_range(1, SPLIT_K):
+            y += tl.load(part_ptrs + k * split_stride, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.store(out_ptrs, y.to(out_ptrs.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next launch
