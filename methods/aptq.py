@@ -71,7 +71,7 @@ from harness.quantize.allocation import ALLOCATORS, allocate
 from harness.quantize.layers import StopForward, family, local_name, model_config, qkv_split
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
 from harness.util import unknown
-from methods.gptq import Gptq, GptqConfig, check_min_tokens, gptq_quantize
+from methods.gptq import Gptq, check_solver, gptq_quantize
 
 QKV_PARTS = ("q", "k", "v")
 HESSIANS = ("attention", "layer")
@@ -82,30 +82,32 @@ LOSS_CRITERIA = {"fisher": ("gradient", "fisher"), "kfac": ("gradient", "kfac"),
 
 @dataclass
 class AptqConfig:
-    ratio: float = 1.0  # fraction of quantized weights at high_bits; the rest at low_bits
-    high_bits: int = 4
-    low_bits: int = 2
-    group_size: int = -1
-    sym: bool = False
-    hessian: str = "attention"  # attention (APTQ) | layer (GPTQ's H everywhere: ablation)
-    sensitivity: str = "trace"  # trace | trace_x_err | fisher | kfac | measured | trace_inv | random
-    allocator: str = "greedy"  # greedy (the paper's rank cut) | knapsack (exact, harness.quantize.allocation)
-    choices: list[int] | None = None  # knapsack's bit widths; None: {low_bits, high_bits}
-    truth_windows: int = 8  # calibration windows of the measured criterion (the first ones)
-    probes: int = 2  # Rademacher probes per calibration window for s_t
-    seed: int = 0  # probes and the random allocation
-    # GPTQ solver options (methods.gptq), same defaults
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = False
-    min_tokens: int = 16  # fewer calibration tokens: RTN (methods.gptq, take_hessian)
+    """APTQ's options; their defaults live in ``conf/method/aptq.yaml`` only (``Method.default_config``)."""
+
+    ratio: float  # fraction of quantized weights at high_bits; the rest at low_bits
+    high_bits: int
+    low_bits: int
+    group_size: int
+    sym: bool
+    hessian: str  # attention (APTQ) | layer (GPTQ's H everywhere: ablation)
+    sensitivity: str  # trace | trace_x_err | fisher | kfac | measured | trace_inv | random
+    allocator: str  # greedy (the paper's rank cut) | knapsack (exact, harness.quantize.allocation)
+    choices: list[int] | None  # knapsack's bit widths; None: {low_bits, high_bits}
+    truth_windows: int  # calibration windows of the measured criterion (the first ones)
+    probes: int  # Rademacher probes per calibration window for s_t
+    seed: int  # probes and the random allocation
+    # GPTQ solver options (methods.gptq)
+    percdamp: float
+    blocksize: int
+    act_order: bool
+    static_groups: bool
+    true_sequential: bool
+    min_tokens: int  # fewer calibration tokens: RTN (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
-        check_min_tokens(self.min_tokens)
         for bits in (self.high_bits, self.low_bits):
-            GptqConfig(bits, self.group_size, self.sym, self.percdamp, self.blocksize)  # same validation
+            check_solver(bits=bits, group_size=self.group_size, sym=self.sym, percdamp=self.percdamp,
+                         blocksize=self.blocksize, min_tokens=self.min_tokens)
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio <= 1:
             raise ConfigError(f"ratio={self.ratio} is outside [0, 1]; it is the fraction of weights at "
                               f"{self.high_bits} bits")

@@ -47,24 +47,34 @@ MAX_PERCDAMP = 0.5  # damping cap of the low-token fallback (percdamp must stay 
 
 @dataclass
 class GptqConfig:
-    bits: int = 4
-    group_size: int = -1
-    sym: bool = False
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = False
-    min_tokens: int = 16  # fewer calibration tokens (a rarely routed MoE expert): RTN (H = I)
+    """GPTQ's options; their defaults live in ``conf/method/gptq.yaml`` only (``Method.default_config``)."""
+
+    bits: int
+    group_size: int
+    sym: bool
+    percdamp: float
+    blocksize: int
+    act_order: bool
+    static_groups: bool
+    true_sequential: bool
+    min_tokens: int  # fewer calibration tokens (a rarely routed MoE expert): RTN (H = I)
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
-        QuantSpec(self.bits, self.group_size, self.sym)
-        if not 0 < self.percdamp < 1:
-            raise ConfigError(f"percdamp={self.percdamp} must be in (0, 1)")
-        if self.blocksize < 1:
-            raise ConfigError(f"blocksize={self.blocksize} must be ≥ 1")
-        check_min_tokens(self.min_tokens)
+        check_solver(bits=self.bits, group_size=self.group_size, sym=self.sym, percdamp=self.percdamp,
+                     blocksize=self.blocksize, min_tokens=self.min_tokens)
+
+
+def check_solver(*, bits: int, group_size: int, sym: bool, percdamp: float, blocksize: int, min_tokens: int) -> None:
+    """The checks every GPTQ-family config shares (GPTQ, APTQ at each bit width, OWQ, PB-LLM's grid)."""
+    check_bits(bits)
+    QuantSpec(bits, group_size, sym)
+    if not isinstance(sym, bool):
+        raise ConfigError(f"sym={sym!r} must be true or false")
+    if not 0 < percdamp < 1:
+        raise ConfigError(f"percdamp={percdamp} must be in (0, 1)")
+    if blocksize < 1:
+        raise ConfigError(f"blocksize={blocksize} must be ≥ 1")
+    check_min_tokens(min_tokens)
 
 
 def check_min_tokens(min_tokens: Any) -> None:

@@ -38,7 +38,7 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
 from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
-from methods.gptq import Gptq, GptqConfig, inverse_hessian_factor
+from methods.gptq import Gptq, check_solver, inverse_hessian_factor
 
 FP16_BITS = 16
 INDEX_BITS = 32  # one int32 index per fp16 column, as the reference stores them
@@ -47,19 +47,21 @@ NOT_PACKABLE = "fp16 weak columns are not representable by the uniform 2/4-bit p
 
 @dataclass
 class OwqConfig:
-    bits: int = 4
-    target_bits: float = 4.01  # average bits including the fp16 columns and their indices
-    group_size: int = -1
-    sym: bool = False
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    true_sequential: bool = False
-    min_tokens: int = 16  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
+    """OWQ's options; their defaults live in ``conf/method/owq.yaml`` only (``Method.default_config``)."""
+
+    bits: int
+    target_bits: float  # average bits including the fp16 columns and their indices
+    group_size: int
+    sym: bool
+    percdamp: float
+    blocksize: int
+    act_order: bool
+    true_sequential: bool
+    min_tokens: int  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
-        GptqConfig(self.bits, self.group_size, self.sym, self.percdamp, self.blocksize,
-                   min_tokens=self.min_tokens)  # same validation
+        check_solver(bits=self.bits, group_size=self.group_size, sym=self.sym, percdamp=self.percdamp,
+                     blocksize=self.blocksize, min_tokens=self.min_tokens)
         if not isinstance(self.target_bits, (int, float)) or not self.bits <= self.target_bits < FP16_BITS:
             raise ConfigError(f"target_bits={self.target_bits} must be in [bits={self.bits}, {FP16_BITS}): it is the "
                               f"average including the fp16 columns, e.g. target_bits={self.bits + 0.01:g}")

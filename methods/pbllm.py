@@ -35,7 +35,7 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
 from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
-from methods.gptq import Gptq, GptqConfig, inverse_hessian_factor
+from methods.gptq import Gptq, check_solver, inverse_hessian_factor
 
 SALIENCE = ("magnitude", "hessian")
 MASK_BITS = 1
@@ -44,13 +44,15 @@ NOT_PACKABLE = "binarized weights with a salient-weight mask are not representab
 
 @dataclass
 class PbllmConfig:
-    salient_frac: float = 0.1  # fraction of weights kept at high_bits
-    salience: str = "hessian"  # magnitude | hessian
-    compensate: bool = True  # true: GPTQ-PB (Hessian error compensation); false: plain PB-LLM
-    high_bits: int = 8
-    percdamp: float = 0.01
-    blocksize: int = 128
-    min_tokens: int = 16  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
+    """PB-LLM's options; their defaults live in ``conf/method/pbllm.yaml`` only (``Method.default_config``)."""
+
+    salient_frac: float  # fraction of weights kept at high_bits
+    salience: str  # magnitude | hessian
+    compensate: bool  # true: GPTQ-PB (Hessian error compensation); false: plain PB-LLM
+    high_bits: int
+    percdamp: float
+    blocksize: int
+    min_tokens: int  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
         if not isinstance(self.salient_frac, (int, float)) or not 0 < self.salient_frac < 1:
@@ -60,8 +62,8 @@ class PbllmConfig:
             raise ConfigError(f"salience={self.salience!r} is unknown; choose one of {', '.join(SALIENCE)}")
         if not isinstance(self.compensate, bool):
             raise ConfigError(f"compensate={self.compensate!r} must be true or false")
-        GptqConfig(self.high_bits, percdamp=self.percdamp, blocksize=self.blocksize,
-                   min_tokens=self.min_tokens)  # same validation
+        check_solver(bits=self.high_bits, group_size=-1, sym=False, percdamp=self.percdamp,  # the per-row 8-bit grid
+                     blocksize=self.blocksize, min_tokens=self.min_tokens)
 
 
 def pb_bits(n_salient: int, numel: int, high_bits: int = 8) -> float:

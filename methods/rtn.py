@@ -19,9 +19,11 @@ from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, r
 
 @dataclass
 class RtnConfig:
-    bits: int = 4
-    group_size: int = -1  # -1: per output channel
-    sym: bool = False
+    """RTN's options; their defaults live in ``conf/method/rtn.yaml`` only (``Method.default_config``)."""
+
+    bits: int
+    group_size: int  # -1: per output channel
+    sym: bool
 
     def __post_init__(self) -> None:
         check_bits(self.bits)

@@ -97,10 +97,10 @@ def correlated_inputs():
 @pytest.fixture(scope="session")
 def hessian():
     """``hessian(X)``: GPTQ's H = 2/n Σ XXᵀ of inputs X (n, d) → (d, d), through ``Gptq.add_batch``."""
-    from methods.gptq import Gptq, GptqConfig
+    from methods.gptq import Gptq
 
     def H(X):
-        m = Gptq(GptqConfig())
+        m = Gptq(Gptq.default_config())
         m.add_batch("l", X.unsqueeze(0))
         return m.H["l"]
 

@@ -1,4 +1,5 @@
 """Every config option composes, resolves, and builds its method and tasks."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ def test_every_method_and_profile_composes_and_builds(method, profile, compose_c
     assert {t.name for t in tasks} == {"wikitext2", "c4"}
     for t in tasks:
         assert t.config.seqlen == cfg["profile"]["seqlen"]
+
+
+@pytest.mark.parametrize("method", GROUPS["method"])
+def test_every_method_default_has_one_home_the_yaml(method, compose_cfg):
+    """The ``Config`` dataclasses declare no defaults; what a run composes is what ``default_config`` gives."""
+    cls = make_plugins().methods.get(method)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in dataclasses.fields(cls.Config))
+    composed = {k: v for k, v in compose_cfg([f"method={method}"])["method"].items() if k != "name"}
+    assert vars(cls.default_config()) == vars(build_config(cls.Config, composed, method))
 
 
 @pytest.mark.parametrize("model", GROUPS["model"])

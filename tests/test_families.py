@@ -33,8 +33,8 @@ from harness.quantize.primitives import QuantSpec, rtn
 from harness.quantize.sequential import capture_inputs, stages
 from harness.results.records import readable
 from harness.run import evaluate, load, make_record, pack, plan, quantize
-from methods.aptq import Aptq, AptqConfig, find_o_proj
-from methods.gptq import Gptq, GptqConfig
+from methods.aptq import Aptq, find_o_proj
+from methods.gptq import Gptq
 
 FAMILY_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3", "opt", "mixtral")  # conf/model/tiny_*.yaml
 PHI = {"model_type": "phi", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -179,7 +179,7 @@ def test_fused_qkv_slices_get_exactly_the_hessians_of_separate_projections(model
     monkeypatch.setattr(aptq_module.zlib, "crc32", lambda _b: 0)  # the same Rademacher probes for both
     qkv = block.self_attn.qkv_proj
     parts = {n: twin.self_attn.get_submodule(n) for n in ("q_proj", "k_proj", "v_proj")}
-    fused, sep, fused_s, sep_s = (Aptq(AptqConfig(probes=3)) for _ in range(4))
+    fused, sep, fused_s, sep_s = (Aptq(Aptq.default_config(probes=3)) for _ in range(4))
     for method, blk, mods in ((fused, block, {"qkv_proj": qkv}), (fused_s, block, {"qkv_proj": qkv}),
                               (sep, twin, parts), (sep_s, twin, parts)):
         method.collect(blk, mods, inps, kwargs[0])
@@ -254,7 +254,7 @@ def test_low_token_fallbacks(correlated_inputs):
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 16, bias=False)
     W = lin.weight.data.clone()
-    g = Gptq(GptqConfig(min_tokens=16))
+    g = Gptq(Gptq.default_config(min_tokens=16))
     info = g.quantize_layer("never_routed", lin, QuantSpec(4))  # add_batch never called
     assert info["fallback"] == "rtn" and info["tokens"] == 0 and torch.equal(lin.weight.data, rtn(W, QuantSpec(4)).Q)
     lin.weight.data.copy_(W)

@@ -2,7 +2,11 @@
 
 A method is a class with
 - ``name``: the key in ``conf/method/<name>.yaml`` and in ``method=<name>``;
-- ``Config``: a dataclass of its options, validated in ``__post_init__``;
+- ``Config``: a dataclass of its options, validated in ``__post_init__``. Its fields have no defaults:
+  every default lives in ``conf/method/<name>.yaml``, the one file a user reads and overrides, which
+  Hydra composes, the record keeps in its resolved config, and which interpolates the cross-method
+  knobs (``${bits}``). Defaults in both places drifted apart; code outside a Hydra run (tests,
+  benchmarks) takes them from the YAML with ``default_config(**overrides)``;
 - ``knobs``: which top-level knobs (``bits``, ``group_size``, ``sym``, ``ratio``, ``act_order``,
   ``true_sequential``) its config
   interpolates, so an override of a knob it does not use is reported instead of silently ignored;
@@ -37,7 +41,7 @@ from harness.errors import ConfigError
 from harness.packed.packing import PACK_BITS, check_group_size
 from harness.quantize.layers import run_block
 from harness.quantize.primitives import QuantSpec
-from harness.util import build_config
+from harness.util import build_config, composed_options
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,11 @@ class Method(ABC):
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Method:
         return cls(build_config(cls.Config, options, f"method {cls.name!r}"))
+
+    @classmethod
+    def default_config(cls, **overrides: Any) -> Any:
+        """``Config`` with the defaults of ``conf/method/<name>.yaml`` (as a run composes them) and ``overrides``."""
+        return build_config(cls.Config, composed_options("method", cls.name, overrides), f"method {cls.name!r}")
 
     @property
     def quantizes(self) -> bool:

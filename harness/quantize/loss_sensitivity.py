@@ -67,9 +67,9 @@ def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def gptq_hessians(block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
                   kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """GPTQ's ``H = 2/n Σ X Xᵀ`` (d_in, d_in) of each module from the block inputs ``inps`` (n, T, d)."""
-    from methods.gptq import Gptq, GptqConfig
+    from methods.gptq import Gptq
 
-    acc = Gptq(GptqConfig())
+    acc = Gptq(Gptq.default_config())
     acc.collect(block, modules, inps, kwargs)
     return acc.H
 
