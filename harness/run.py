@@ -328,15 +328,15 @@ def quantize(p: Plan, m: Loaded, run: RunContext) -> tuple[dict[str, Any], dict[
     """Quantize in place; returns (the record's quantization summary, the integer grids, calibration info)."""
     hook = p.plugins.hook
     if p.calib is None:
-        quant, calib_info = quantize_model(m.model, p.method, hook, run), None
+        result, calib_info = quantize_model(m.model, p.method, hook, run), None
     else:
         windows, calib_info = calibration_windows(p.calib, m.tokenizer, p.env.data_dir, p.env.cache_dir)
         model_key = {"model": p.identity["model"], "seed": p.cfg["seed"]}  # the seed matters for random-init models
-        quant = quantize_sequential(m.model, MethodRun(p.method, hook, run), windows, p.env.device,
-                                    cache_dir=p.env.cache_dir, model_key=model_key)
+        result = quantize_sequential(m.model, MethodRun(p.method, hook, run), windows, p.env.device,
+                                     cache_dir=p.env.cache_dir, model_key=model_key)
     if p.offload:  # quantized layer by layer on the device; evaluated as a whole there (or over the device map)
         place(m.model, p.model_cfg, p.env.device, p.env.cache_dir)
-    grids = quant.pop("grids", {})  # tensors: never part of the record
+    quant, grids = result.summary, result.grids
     if m.checkpoint:
         from harness.packed.qlinear import measured_bits
 

@@ -68,6 +68,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.allocation import ALLOCATORS, allocate
+from harness.quantize.driver import BitPlan
 from harness.quantize.layers import StopForward, family, local_name, model_config, qkv_split
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
 from harness.util import unknown
@@ -251,27 +252,27 @@ class Aptq(Gptq):
             key.update(low_bits=c.low_bits, group_size=c.group_size, sym=c.sym)
         return key
 
-    def plan_scores(self, layers: dict[str, nn.Linear]) -> dict[str, float]:
-        """Per-layer scores (higher = more sensitive: a score is the layer's cost at ``low_bits``)."""
+    def plan_scores(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None) -> dict[str, float]:
+        """Per-layer ranking scores (higher = more sensitive: a score is the layer's cost at ``low_bits``) from
+        the first pass's ``scores``."""
         c = self.config
         if c.sensitivity == "random":
             return random_scores(list(layers), c.seed)
-        if self.sensitivities is None:
-            raise RuntimeError("APTQ needs the sensitivity pass before plan_bits (harness.quantize.sensitivity)")
+        if scores is None:
+            raise RuntimeError("APTQ needs the sensitivity pass's scores for plan_bits (harness.quantize.sensitivity)")
         if c.sensitivity == "trace_inv":  # the control that inverts the paper's ranking
-            return {n: 1.0 / max(self.sensitivities[n], 1e-30) for n in layers}
-        return {n: self.sensitivities[n] for n in layers}
+            return {n: 1.0 / max(scores[n], 1e-30) for n in layers}
+        return {n: scores[n] for n in layers}
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
+        """Uniform at ratio 0 or 1; else the allocator's plan within the budget, with its info for the record."""
         c = self.config
-        self.allocation = None
         if c.ratio in (0, 1):
-            return {n: c.high_bits if c.ratio == 1 else c.low_bits for n in layers}
+            return BitPlan({n: c.high_bits if c.ratio == 1 else c.low_bits for n in layers})
         numel = {n: m.weight.numel() for n, m in layers.items()}
-        plan, self.allocation = allocate(c.allocator, self.plan_scores(layers), numel, c.ratio, c.high_bits,
-                                         c.low_bits, tuple(c.choices) if c.choices else None)
-        self.allocation["criterion"] = c.sensitivity
-        return plan
+        plan, allocation = allocate(c.allocator, self.plan_scores(layers, scores), numel, c.ratio, c.high_bits,
+                                    c.low_bits, tuple(c.choices) if c.choices else None)
+        return BitPlan(plan, {**allocation, "criterion": c.sensitivity})
 
     def add_batch(self, name: str, X: torch.Tensor, s: torch.Tensor | None = None) -> None:
         """``H = 2/n Σ_b Σ_t s_bt x_bt x_btᵀ``; ``s`` (B, T) token weights, GPTQ's H when None."""
@@ -283,8 +284,6 @@ class Aptq(Gptq):
         super().__init__(config)
         #: fused q/k/v projections: name → [(statistics key, first row, end row)] of its output slices
         self.row_parts: dict[str, list[tuple[str, int, int]]] = {}
-        #: the last plan's allocation info for the record (budget, achieved bits, allocator)
-        self.allocation: dict[str, Any] | None = None
 
     def _output_slices(self, block: nn.Module, name: str, mod: nn.Linear) -> list[tuple[str, int, int]]:
         """[(statistics key, lo, hi)]: the whole output for a separate projection; for a fused q/k/v

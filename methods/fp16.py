@@ -12,6 +12,7 @@ from torch import nn
 
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.method import Method
+from harness.quantize.driver import BitPlan
 from harness.quantize.primitives import QuantSpec
 
 
@@ -32,8 +33,8 @@ class Fp16(Method):
     def label(self) -> str:
         return "FP16"
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
-        return {}
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
+        return BitPlan({})
 
     def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
         raise RuntimeError("fp16 quantizes nothing")

@@ -37,6 +37,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.driver import BitPlan
 from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
 from methods.gptq import Gptq, check_solver, inverse_hessian_factor
 
@@ -160,11 +161,11 @@ class Owq(Gptq):
     def label(self) -> str:
         return " ".join([f"OWQ {self.config.target_bits:g}", *self.solver_tags()])
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
         """Uniform ``bits`` for the quantized columns; also fixes each layer's fp16 column count."""
         shapes = {n: (m.out_features, m.in_features) for n, m in layers.items()}
         self.fp16_columns = allocate_fp16_columns(shapes, self.config.bits, self.config.target_bits)
-        return {name: self.config.bits for name in layers}
+        return BitPlan({name: self.config.bits for name in layers})
 
     @torch.no_grad()
     def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:

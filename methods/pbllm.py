@@ -34,6 +34,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.driver import BitPlan
 from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
 from methods.gptq import Gptq, check_solver, inverse_hessian_factor
 
@@ -136,9 +137,9 @@ class Pbllm(Gptq):
         c = self.config
         return f"{'GPTQ-PB' if c.compensate else 'PB-LLM'} {100 * c.salient_frac:g}% {c.salience}"
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
         """``high_bits``: the grid of the salient weights; the record's bits come from ``bits_per_weight``."""
-        return {name: self.config.high_bits for name in layers}
+        return BitPlan({name: self.config.high_bits for name in layers})
 
     @torch.no_grad()
     def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:

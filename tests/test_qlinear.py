@@ -8,7 +8,7 @@ from harness.errors import ConfigError
 from harness.inputs.model import ModelConfig, load_model
 from harness.packed.checkpoint import QUANT_FILE, WEIGHTS_FILE, load_packed
 from harness.packed.qlinear import QuantLinear, measured_bits, pack_model, parity
-from harness.quantize.driver import quantize_model
+from harness.quantize.driver import BitPlan, quantize_model
 from harness.quantize.layers import linear_layers
 from harness.quantize.primitives import Grid, QuantSpec, rtn
 from harness.run import execute
@@ -56,8 +56,8 @@ class NullHook:
 class Mixed(Rtn):
     """RTN with an alternating 2/4-bit plan: a stand-in for APTQ's per-layer mix."""
 
-    def plan_bits(self, layers):
-        return {name: (2 if i % 2 else 4) for i, name in enumerate(layers)}
+    def plan_bits(self, layers, scores=None):
+        return BitPlan({name: (2 if i % 2 else 4) for i, name in enumerate(layers)})
 
 
 @pytest.fixture
@@ -71,8 +71,8 @@ def test_mixed_2_4_model_packs_with_per_layer_bits_and_matches_fake_quant(tiny):
     hook = NullHook()
     method = Mixed(Rtn.default_config(bits=4, group_size=32))
     n_linear = sum(m.weight.numel() for m in linear_layers(tiny).values())
-    quant = quantize_model(tiny, method, hook, run=None)
-    grids = quant.pop("grids")
+    result = quantize_model(tiny, method, hook, run=None)
+    quant, grids = result.summary, result.grids
     assert set(grids) == set(quant["layers"]) and quant["avg_bits"] < 4
     fake = pack_model(tiny, grids, quant["layers"])
     qls = {n: m for n, m in tiny.named_modules() if isinstance(m, QuantLinear)}

@@ -17,9 +17,10 @@ A method is a class with
   inputs with forward hooks (GPTQ). A method whose statistics need more than a layer's inputs
   (APTQ: gradients of the attention output) overrides it;
 - ``needs_sensitivity`` / ``layer_sensitivity`` / ``sensitivity_key``: mixed-precision methods get a
-  first pass over the full-precision model (``harness.quantize.sensitivity``) whose per-layer scores reach
-  ``plan_bits`` through ``self.sensitivities``;
-- ``plan_bits(layers)``: the per-layer bit plan (mixed precision methods override it);
+  first pass over the full-precision model (``harness.quantize.sensitivity``) whose per-layer scores the
+  driver passes to ``plan_bits`` as an argument (no state is left on the method between the passes);
+- ``plan_bits(layers, scores)``: the per-layer bit plan as a ``BitPlan`` (mixed precision methods
+  override it and return their allocation info with it);
 - ``quantize_layer(name, layer, spec)``: replace ``layer.weight`` by its quantized version and
   return per-layer info for the record.
 
@@ -39,6 +40,7 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.packed.packing import PACK_BITS, check_group_size
+from harness.quantize.driver import BitPlan
 from harness.quantize.layers import run_block
 from harness.quantize.primitives import QuantSpec
 from harness.util import build_config, composed_options
@@ -70,12 +72,10 @@ class Method(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        #: per-layer sensitivity scores from the first pass (mixed-precision methods only)
-        self.sensitivities: dict[str, float] | None = None
 
     @property
     def needs_sensitivity(self) -> bool:
-        """True when ``plan_bits`` needs ``self.sensitivities`` (a first full-precision pass)."""
+        """True when ``plan_bits`` needs ``scores`` (a first full-precision pass)."""
         return False
 
     def sensitivity_key(self) -> dict[str, Any]:
@@ -172,9 +172,10 @@ class Method(ABC):
     def add_batch(self, name: str, X: torch.Tensor) -> None:  # noqa: B027 - optional hook
         """Accumulate statistics from the inputs ``X`` (B, T, d_in) of layer ``name``."""
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
-        """Bits for every quantized layer; the default is uniform ``config.bits``."""
-        return {name: self.config.bits for name in layers}
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
+        """Bits for every quantized layer; the default is uniform ``config.bits``. ``scores``: the per-layer
+        sensitivities of the first pass when ``needs_sensitivity``, else None."""
+        return BitPlan({name: self.config.bits for name in layers})
 
     @abstractmethod
     def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:

@@ -5,24 +5,79 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import torch
 from torch import nn
 
-from harness.plugins.method import Method
 from harness.quantize.layers import linear_layers
-from harness.quantize.primitives import GRID_KEY, QuantSpec
+from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec
 
 log = logging.getLogger(__name__)
 
 
-def plan_specs(method: Method, layers: dict[str, nn.Linear]) -> dict[str, QuantSpec]:
-    """The method's bit plan as specs; a bad group size fails here, before any work is done."""
-    plan = method.plan_bits(layers) if method.quantizes else {}
-    specs = {name: method.spec(bits) for name, bits in plan.items()}
+class Method(Protocol):
+    """What the layer-by-layer passes need of a quantization method. ``harness.plugins.method.Method`` (the
+    base class every method plugin derives from) satisfies it; declaring it here keeps ``quantize/`` from
+    importing the plugin layer above it."""
+
+    name: str
+    config: Any
+    sensitivity_table: str | None
+    sensitivity_windows: int | None
+
+    @property
+    def quantizes(self) -> bool: ...
+
+    @property
+    def needs_sensitivity(self) -> bool: ...
+
+    @property
+    def sensitivity_pass(self) -> str: ...
+
+    def sensitivity_key(self) -> dict[str, Any]: ...
+
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan: ...
+
+    def spec(self, bits: int) -> QuantSpec: ...
+
+    def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
+                kwargs: dict[str, Any]) -> torch.Tensor | None: ...
+
+    def layer_sensitivity(self, name: str, layer: nn.Linear) -> float: ...
+
+    def solve(self, W: torch.Tensor, H: torch.Tensor, bits: int) -> torch.Tensor: ...
+
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class BitPlan:
+    """A method's bit plan (``Method.plan_bits``): the bits of every quantized layer and, for a budgeted
+    mixed-precision plan, how it was reached (the record's ``quantization.allocation``)."""
+
+    bits: dict[str, int]
+    allocation: dict[str, Any] | None = None
+
+
+@dataclass
+class Quantized:
+    """What quantizing a model hands on along the data path: the record's ``quantization`` summary, and
+    the methods' integer grids per layer (tensors for packing; never part of the record)."""
+
+    summary: dict[str, Any]
+    grids: dict[str, Grid]
+
+
+def plan_specs(method: Method, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None
+               ) -> tuple[dict[str, QuantSpec], dict[str, Any] | None]:
+    """The method's bit plan as specs, and its allocation info; a bad group size fails here, before any
+    work is done. ``scores``: the sensitivity pass's per-layer scores (methods that ``needs_sensitivity``)."""
+    plan = method.plan_bits(layers, scores) if method.quantizes else BitPlan({})
+    specs = {name: method.spec(bits) for name, bits in plan.bits.items()}
     for name, spec in specs.items():
         spec.groups(layers[name].in_features, name)
-    return specs
+    return specs, plan.allocation
 
 
 @dataclass(frozen=True)
@@ -51,15 +106,14 @@ def quantize_one(mr: MethodRun, name: str, layer: nn.Linear, spec: QuantSpec,
     mr.hook.harness_phase_advance(run=mr.run, phase="quantize", advance=1)
 
 
-def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dict[str, Any]:
+def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> Quantized:
     """Quantize ``model`` in place with a method that needs no calibration data.
 
     Emits ``harness_layer_quantized`` per layer and phase hooks for progress. Returns the summary
-    that goes into the record: bit plan, average bits, per-layer info, and under ``grids`` the
-    methods' integer grids (popped by the caller before the record is written).
+    that goes into the record (bit plan, average bits, per-layer info) and the integer grids.
     """
     layers = linear_layers(model)
-    specs = plan_specs(method, layers)
+    specs, _ = plan_specs(method, layers)
     per_layer: dict[str, dict[str, Any]] = {}
     grids: dict[str, Any] = {}
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
@@ -67,7 +121,7 @@ def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dic
     for name, spec in specs.items():
         quantize_one(MethodRun(method, hook, run), name, layers[name], spec, per_layer, grids)
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
-    return {**summarize(layers, specs, per_layer), "grids": grids}
+    return Quantized(summarize(layers, specs, per_layer), grids)
 
 
 def summarize(
