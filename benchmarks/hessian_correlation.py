@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 from _common import compose_cfg, load
+from hessian_check import perturbation_study
 from rich.console import Console
 from rich.table import Table
 
-from harness.quantize.hessian_check import perturbation_study
 from harness.quantize.layers import decoder_layers, run_block
 from harness.quantize.sequential import capture_inputs
 

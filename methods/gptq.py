@@ -38,6 +38,7 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.method import Method
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.hessian import hessian_update
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, find_params, quantize, relative_error
 
 log = logging.getLogger(__name__)
@@ -180,16 +181,7 @@ class Gptq(Method):
 
     def add_batch(self, name: str, X: torch.Tensor) -> None:
         X = X.unsqueeze(0) if X.dim() == 2 else X  # (B, T, d_in)
-        b = X.shape[0]
-        n = self.nsamples.get(name, 0)
-        H = self.H.get(name)
-        if H is None:
-            H = torch.zeros(X.shape[-1], X.shape[-1], device=X.device, dtype=torch.float32)
-        H *= n / (n + b)
-        n += b
-        Xt = (2 / n) ** 0.5 * X.reshape(-1, X.shape[-1]).t().float()  # (d_in, B·T)
-        H += Xt.matmul(Xt.t())
-        self.H[name], self.nsamples[name] = H, n
+        self.H[name], self.nsamples[name] = hessian_update(self.H.get(name), self.nsamples.get(name, 0), X)
         self.tokens[name] = self.tokens.get(name, 0) + X.shape[0] * X.shape[1]
 
     def take_hessian(self, name: str, layer: nn.Linear) -> tuple[torch.Tensor, Any, dict[str, Any]]:

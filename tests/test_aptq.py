@@ -2,6 +2,8 @@
 Hessian-trace allocation, the sensitivity cache and the end-to-end run on a tiny model."""
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,13 +11,15 @@ import torch
 from harness.errors import ConfigError
 from harness.inputs.model import ModelConfig, load_model
 from harness.quantize.allocation import greedy
-from harness.quantize.hessian_check import perturbation_study
 from harness.quantize.layers import decoder_layers
 from harness.quantize.sensitivity import sensitivity_cache_path
 from harness.quantize.sequential import capture_inputs
 from harness.run import execute
 from methods.aptq import Aptq, attention_graph
 from methods.gptq import Gptq
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # last: benchmarks/kernels.py must not
+from hessian_check import perturbation_study  # noqa: E402  shadow the `kernels` package transformers imports
 
 TINY = ModelConfig(name="tiny", random_init={"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
                                              "num_hidden_layers": 1, "num_attention_heads": 4,
