@@ -45,7 +45,7 @@ from harness.results.records import (
     package_versions,
     record_path,
 )
-from harness.util import REPO_ROOT, build_config, cache_lock, canonical_hash, file_sha256
+from harness.util import REPO_ROOT, build_config, cache_lock, canonical_hash, file_sha256, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -474,6 +474,18 @@ def run_phases(p: Plan) -> dict:
     del grids
     metrics = evaluate(p, m, run)
     run.timings["total"] = time.perf_counter() - t_start
-    record = make_record(p, m, run, quant, calib_info, metrics, saved)
+    record = write_record(p, make_record(p, m, run, quant, calib_info, metrics, saved))
     p.plugins.hook.harness_run_end(run=run, record=record)
     return record
+
+
+def write_record(p: Plan, record: dict[str, Any]) -> dict[str, Any]:
+    """Write the record atomically and return it with its ``record_path`` (not stored in the file).
+
+    The run writes it itself, before any observer hears of the end: it is the one output that must
+    never be lost, so it depends on no plugin being registered or succeeding.
+    """
+    path = record_path(p.results_dir, p.run_id)
+    write_atomic(path, record)
+    log.info("record written to %s", path)
+    return {**record, "record_path": str(path)}

@@ -19,7 +19,6 @@ LAYERS = {
 #: upward edges owned by the results/report refactor (issue 24 items 3-4), to be emptied there
 KNOWN = {
     ("harness.plugins.callbacks", "harness.results.report"),  # the end-of-sweep Hydra callback renders tables
-    ("harness.plugins.observers.records", "harness.results.records"),  # the record-writing observer (item 5)
     ("tasks.perplexity", "harness.results.stats"),  # intervals: pure arithmetic that lives in results/
     ("tasks.zeroshot", "harness.results.stats"),
 }
