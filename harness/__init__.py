@@ -24,4 +24,4 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 
 __all__ = ["ConfigError", "hookimpl"]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one home of the version: pyproject.toml reads it (dynamic)

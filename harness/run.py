@@ -99,7 +99,8 @@ def resolve_device(name: Any) -> str:
 def validate_knobs(cfg: dict[str, Any]) -> None:
     ratio = cfg.get("ratio")
     if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-        raise ConfigError(f"ratio={ratio} is outside [0, 1]; it is the fraction of weights kept at 4 bits")
+        raise ConfigError(f"ratio={ratio} is outside [0, 1]; it is the fraction of weights at a mixed-precision "
+                          f"method's high bit width (APTQ: method.high_bits), the rest at its low one")
     check_bits(cfg.get("bits"))
     for knob in ("act_order", "true_sequential", "sym", "pack", "save", "offload", "force"):
         if not isinstance(cfg.get(knob, False), bool):

@@ -58,6 +58,7 @@ the full-precision model (so they can be cached and shared across ratios).
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,12 @@ def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Lin
     return cap.pop("F"), cap, out
 
 
+@functools.cache
+def yaml_defaults() -> AptqConfig:
+    """APTQ's defaults (``conf/method/aptq.yaml``, their one home): a label names the options that differ."""
+    return Aptq.default_config()
+
+
 class Aptq(Gptq):
     name = "aptq"
     Config = AptqConfig
@@ -206,9 +213,10 @@ class Aptq(Gptq):
                             reverse=True))
 
     def label(self) -> str:
-        c = self.config
+        """``APTQ``, ``APTQ-50%`` ..., tagged with each option that differs from ``conf/method/aptq.yaml``."""
+        c, d = self.config, yaml_defaults()
         mixed = 0 < c.ratio < 1
-        widths = (c.low_bits, c.high_bits) != (2, 4)  # non-default widths are named: APTQ-3, APTQ-50% w3/4
+        widths = (c.low_bits, c.high_bits) != (d.low_bits, d.high_bits)  # named: APTQ-3, APTQ-50% w3/4
         if c.ratio == 1:
             base = f"APTQ-{c.high_bits}" if widths else "APTQ"
         elif c.ratio == 0:
@@ -216,10 +224,11 @@ class Aptq(Gptq):
         else:
             base = f"APTQ-{round(100 * c.ratio)}%" + (f" w{c.low_bits}/{c.high_bits}" if widths else "")
         tags = [*self.solver_tags(), "H-layer" if c.hessian == "layer" else "",
-                c.sensitivity if c.sensitivity != "trace" and mixed else "",
-                c.allocator if c.allocator != "greedy" and mixed else "",
+                c.sensitivity if c.sensitivity != d.sensitivity and mixed else "",
+                c.allocator if c.allocator != d.allocator and mixed else "",
                 "b" + "".join(map(str, c.choices)) if c.choices and mixed else "",
-                f"tw{c.truth_windows}" if c.sensitivity == "measured" and c.truth_windows != 8 and mixed else "",
+                f"tw{c.truth_windows}" if c.sensitivity == "measured" and c.truth_windows != d.truth_windows and mixed
+                else "",
                 f"seed{c.seed}" if c.sensitivity == "random" and 0 < c.ratio < 1 else ""]  # one draw per seed
         return " ".join([base, *[t for t in tags if t]])
 
