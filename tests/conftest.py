@@ -61,9 +61,7 @@ def tiny_cfg(tmp_path):
 
     def make(*overrides: str) -> dict:
         return _compose([
-            "model=tiny_llama", "wandb.mode=disabled", f"results_dir={tmp_path / 'results'}",
-            "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2", "profile.calib_samples=4",
-            *overrides,
+            "+smoke=tiny", f"results_dir={tmp_path / 'results'}", *overrides,  # conf/smoke/tiny.yaml
         ])
 
     return make

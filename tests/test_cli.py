@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
-        "wandb.mode=disabled"]
+TINY = ["+smoke=tiny"]  # conf/smoke/tiny.yaml
 
 
 def test_bad_inputs_give_one_line_errors(tmp_path, run_cli):

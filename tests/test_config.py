@@ -91,6 +91,22 @@ def test_unknown_method_option_is_a_clear_error(compose_cfg):
         build(cfg, make_plugins())
 
 
+def test_experiment_is_chosen_without_a_plus():
+    """``experiment`` is an optional entry of the defaults list: ``experiment=<name>`` selects it (the comment
+    in conf/config.yaml says so); ``+experiment=`` would add it a second time and fails."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), pytest.raises(ConfigCompositionException):
+        compose(config_name="config", overrides=["+experiment=fp16_vs_rtn"])
+
+
+def test_the_smoke_settings_are_the_quick_profile_shrunk(compose_cfg):
+    cfg = compose_cfg(["+smoke=tiny"])
+    assert cfg["model"]["name"] == "tiny-llama" and cfg["profile"]["name"] == "quick"
+    assert (cfg["profile"]["seqlen"], cfg["calibration"]["nsamples"], cfg["wandb"]["mode"]) == (64, 4, "disabled")
+
+
 def test_experiment_configs_compose_as_sweeps():
     from hydra import compose, initialize_config_dir
 

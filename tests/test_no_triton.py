@@ -8,8 +8,7 @@ from pathlib import Path
 
 HIDE = str(Path(__file__).resolve().parent / "no_triton")
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
-        "profile.calib_samples=4", "wandb.mode=disabled", "task=[wikitext2]"]
+TINY = ["+smoke=tiny", "task=[wikitext2]"]  # conf/smoke/tiny.yaml
 
 RUN = r"""
 import json, sys
