@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.quantize.driver import summarize
-from harness.quantize.primitives import QuantSpec, average_bits, find_params, quantize
+from harness.quantize.driver import reported_bits, summarize
+from harness.quantize.primitives import QuantSpec, find_params, quantize
 from methods.gptq import inverse_hessian_factor
 from methods.pbllm import Pbllm, pb_bits, pb_quantize, salient_mask
 
@@ -90,7 +90,7 @@ def test_summary_uses_layer_reported_bits_and_says_fake_quant():
     specs = {"a": QuantSpec(8), "b": QuantSpec(8)}  # c stays in full precision
     plain = summarize(layers, specs, {"a": {}, "b": {}})
     assert (plain["avg_bits"], plain["avg_bits_with_overhead"]) == pytest.approx(
-        tuple(b * 600 / 800 + 16 * 200 / 800 for b in average_bits([(10, 20, specs["a"]), (10, 40, specs["b"])])))
+        tuple(b * 600 / 800 + 16 * 200 / 800 for b in reported_bits(layers, specs, {})))
     assert "packable" not in plain
     per_layer = {"a": {"bits_per_weight": 2.7, "bits_per_weight_with_overhead": 3.0, "packable": False,
                        "packable_reason": "binarized"}, "b": {}}

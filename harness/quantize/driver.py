@@ -164,7 +164,8 @@ def reported_bits(
 
     Methods whose layers are not one uniform grid (OWQ's fp16 columns, PB-LLM's binarized weights
     and mask) put ``bits_per_weight`` (and optionally ``bits_per_weight_with_overhead``) in the
-    info ``quantize_layer`` returns; other layers count ``spec.bits`` as in ``average_bits``.
+    info ``quantize_layer`` returns; other layers count ``spec.bits`` and their grid's scale and zero point
+    (``QuantSpec.overhead_bits``).
     """
     total = bits = bits_overhead = 0.0
     for name, spec in specs.items():
