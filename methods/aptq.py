@@ -69,7 +69,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.allocation import ALLOCATORS, allocate
-from harness.quantize.driver import BitPlan
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.layers import StopForward, family, local_name, model_config, qkv_split
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
 from harness.util import unknown
@@ -325,7 +325,7 @@ class Aptq(Gptq):
         return trace
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         parts = self.row_parts.pop(name, None)
         if parts is None:
             return super().quantize_layer(name, layer, spec)
@@ -345,9 +345,10 @@ class Aptq(Gptq):
             info["fallback"] = "+".join(fallbacks)
         err = relative_error(W, Q)
         layer.weight.data.copy_(Q.to(W.dtype))
+        grid = None
         if all(g.g_idx is None for g in grids):  # act-order with dynamic groups: no common g_idx, no grid to pack
-            info[GRID_KEY] = Grid(torch.cat([g.scale for g in grids]), torch.cat([g.zero for g in grids]))
-        return {"err": err, **info}
+            grid = Grid(torch.cat([g.scale for g in grids]), torch.cat([g.zero for g in grids]))
+        return LayerResult({"err": err, **info}, grid)
 
     @torch.no_grad()
     def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,

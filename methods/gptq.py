@@ -38,6 +38,7 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.method import Method
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.driver import LayerResult
 from harness.quantize.hessian import hessian_update
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, find_params, quantize, relative_error
 
@@ -210,13 +211,14 @@ class Gptq(Method):
         return gptq_quantize(W.float(), H.float(), self.spec(bits), self.config)[0].to(W.dtype)
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         W = layer.weight.data  # (d_out, d_in)
         H, cfg, info = self.take_hessian(name, layer)
         Q, stats = gptq_quantize(W, H, spec, cfg)
+        grid = stats.pop(GRID_KEY)
         err = relative_error(W, Q)
         layer.weight.data.copy_(Q.to(W.dtype))
-        return {"err": err, **info, **stats}
+        return LayerResult({"err": err, **info, **stats}, grid)
 
 
 @hookimpl

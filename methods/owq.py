@@ -37,7 +37,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
-from harness.quantize.driver import BitPlan
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
 from methods.gptq import Gptq, check_solver, inverse_hessian_factor
 
@@ -168,7 +168,7 @@ class Owq(Gptq):
         return BitPlan({name: self.config.bits for name in layers})
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         W = layer.weight.data  # (d_out, d_in)
         H, cfg, info = self.take_hessian(name, layer)
         n_out = self.fp16_columns.get(name, 0)
@@ -179,8 +179,9 @@ class Owq(Gptq):
         bits = layer_bits(d_out, d_in, spec.bits, n_out)
         n_groups = 1 if spec.group_size == -1 else math.ceil((d_in - n_out) / spec.group_size)
         grid_bits = n_groups * (SCALE_BITS + (0 if spec.sym else spec.bits)) / d_in  # scale + zero per group
-        return {"err": err, **info, **stats, "fp16_columns": n_out, "bits_per_weight": bits,
-                "bits_per_weight_with_overhead": bits + grid_bits, "packable": False, "packable_reason": NOT_PACKABLE}
+        return LayerResult({"err": err, **info, **stats, "fp16_columns": n_out, "bits_per_weight": bits,
+                            "bits_per_weight_with_overhead": bits + grid_bits, "packable": False,
+                            "packable_reason": NOT_PACKABLE})
 
 
 @hookimpl

@@ -34,7 +34,7 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
-from harness.quantize.driver import BitPlan
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
 from methods.gptq import Gptq, check_solver, inverse_hessian_factor
 
@@ -142,7 +142,7 @@ class Pbllm(Gptq):
         return BitPlan({name: self.config.high_bits for name in layers})
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         W = layer.weight.data  # (d_out, d_in)
         H, cfg, info = self.take_hessian(name, layer) if self.needs_calibration else (None, self.config, {})
         Q, stats = pb_quantize(W, H, cfg)
@@ -150,9 +150,9 @@ class Pbllm(Gptq):
         layer.weight.data.copy_(Q.to(W.dtype))
         bits = pb_bits(stats["salient"], W.numel(), self.config.high_bits)
         row_bits = 2 * SCALE_BITS + self.config.high_bits  # α and the grid scale (fp16), the grid's zero point
-        return {"err": err, **info, **stats, "bits_per_weight": bits,
-                "bits_per_weight_with_overhead": bits + row_bits / W.shape[1],
-                "packable": False, "packable_reason": NOT_PACKABLE}
+        return LayerResult({"err": err, **info, **stats, "bits_per_weight": bits,
+                            "bits_per_weight_with_overhead": bits + row_bits / W.shape[1],
+                            "packable": False, "packable_reason": NOT_PACKABLE})
 
 
 @hookimpl

@@ -194,7 +194,8 @@ def test_fused_qkv_slices_get_exactly_the_hessians_of_separate_projections(model
         (64 * s_sep["q_proj"] + 32 * s_sep["k_proj"] + 32 * s_sep["v_proj"]) / 128, rel=1e-4)
 
     spec = QuantSpec(4)
-    info = fused.quantize_layer("qkv_proj", qkv, spec)
+    fused_result = fused.quantize_layer("qkv_proj", qkv, spec)
+    info = fused_result.info
     for n, mod in parts.items():
         sep.quantize_layer(n, mod, spec)
     Q_sep = torch.cat([mod.weight.data for mod in parts.values()])  # (128, 64)
@@ -202,7 +203,7 @@ def test_fused_qkv_slices_get_exactly_the_hessians_of_separate_projections(model
     assert info["slices"]["k"]["rows"] == [64, 96] and info["tokens"] == 3 * 32 and "fallback" not in info
     lin = torch.nn.Linear(64, 128, bias=False)
     lin.weight.data = qkv.weight.data.clone()
-    QuantLinear.from_linear(lin, info["grid"], 4, -1, "qkv_proj")  # the stacked grid is the one the rows are on
+    QuantLinear.from_linear(lin, fused_result.grid, 4, -1, "qkv_proj")  # the stacked grid is the one the rows are on
 
 
 # ------------------------------------------------------------------------------------- MoE
@@ -255,19 +256,19 @@ def test_low_token_fallbacks(correlated_inputs):
     lin = torch.nn.Linear(64, 16, bias=False)
     W = lin.weight.data.clone()
     g = Gptq(Gptq.default_config(min_tokens=16))
-    info = g.quantize_layer("never_routed", lin, QuantSpec(4))  # add_batch never called
+    info = g.quantize_layer("never_routed", lin, QuantSpec(4)).info  # add_batch never called
     assert info["fallback"] == "rtn" and info["tokens"] == 0 and torch.equal(lin.weight.data, rtn(W, QuantSpec(4)).Q)
     lin.weight.data.copy_(W)
     g.add_batch("few", correlated_inputs(n=10, d=64).unsqueeze(0))
-    info = g.quantize_layer("few", lin, QuantSpec(4))
+    info = g.quantize_layer("few", lin, QuantSpec(4)).info
     assert info["fallback"] == "rtn" and info["tokens"] == 10 and torch.equal(lin.weight.data, rtn(W, QuantSpec(4)).Q)
     lin.weight.data.copy_(W)
     g.add_batch("rank_deficient", correlated_inputs(n=32, d=64).unsqueeze(0))
-    info = g.quantize_layer("rank_deficient", lin, QuantSpec(4))
+    info = g.quantize_layer("rank_deficient", lin, QuantSpec(4)).info
     assert info["fallback"] == "damped" and info["percdamp"] == pytest.approx(0.01 * 64 / 32)
     assert not torch.equal(lin.weight.data, rtn(W, QuantSpec(4)).Q)
     g.add_batch("enough", correlated_inputs(n=128, d=64).unsqueeze(0))
-    assert "fallback" not in g.quantize_layer("enough", lin, QuantSpec(4))
+    assert "fallback" not in g.quantize_layer("enough", lin, QuantSpec(4)).info
 
 
 # ------------------------------------------------------------------------------------- the matrix

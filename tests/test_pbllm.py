@@ -14,7 +14,7 @@ def test_average_bits_are_the_papers_figures(frac, bits):
     torch.manual_seed(0)
     layer = nn.Linear(20, 10, bias=False)  # 200 weights: f · 200 salient exactly
     m = Pbllm(Pbllm.default_config(salient_frac=frac, salience="magnitude", compensate=False))
-    info = m.quantize_layer("l", layer, m.spec(8))
+    info = m.quantize_layer("l", layer, m.spec(8)).info
     assert info["salient"] == round(frac * 200)
     assert info["bits_per_weight"] == bits == pb_bits(info["salient"], 200)  # 8f + (1 − f) + 1, exactly
     assert info["bits_per_weight_with_overhead"] == bits + (16 + 16 + 8) / 20

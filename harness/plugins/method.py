@@ -22,7 +22,7 @@ A method is a class with
 - ``plan_bits(layers, scores)``: the per-layer bit plan as a ``BitPlan`` (mixed precision methods
   override it and return their allocation info with it);
 - ``quantize_layer(name, layer, spec)``: replace ``layer.weight`` by its quantized version and
-  return per-layer info for the record.
+  return a ``LayerResult``: per-layer info for the record and, when it can be packed, the grid.
 
 What a configured method can do is declared, so the harness refuses an impossible run before it
 loads anything (``capabilities()``): whether it quantizes at all, needs calibration data, mixes bit
@@ -40,7 +40,7 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.packed.packing import PACK_BITS, check_group_size
-from harness.quantize.driver import BitPlan
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.layers import run_block
 from harness.quantize.primitives import QuantSpec
 from harness.util import build_config, composed_options
@@ -178,5 +178,5 @@ class Method(ABC):
         return BitPlan({name: self.config.bits for name in layers})
 
     @abstractmethod
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
-        """Quantize ``layer.weight`` (d_out, d_in) in place; return info (at least ``err``)."""
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
+        """Quantize ``layer.weight`` (d_out, d_in) in place; return its info (at least ``err``) and grid."""

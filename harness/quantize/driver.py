@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from harness.quantize.layers import linear_layers
-from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec
+from harness.quantize.primitives import Grid, QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Method(Protocol):
 
     def solve(self, W: torch.Tensor, H: torch.Tensor, bits: int) -> torch.Tensor: ...
 
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]: ...
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult: ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,15 @@ class BitPlan:
 
     bits: dict[str, int]
     allocation: dict[str, Any] | None = None
+
+
+@dataclass
+class LayerResult:
+    """What ``Method.quantize_layer`` returns: the layer's record info (at least ``err``), and the integer
+    grid its weights now lie on when the packed format can store it (tensors: kept for packing, never recorded)."""
+
+    info: dict[str, Any]
+    grid: Grid | None = None
 
 
 @dataclass
@@ -91,16 +100,12 @@ class MethodRun:
 
 def quantize_one(mr: MethodRun, name: str, layer: nn.Linear, spec: QuantSpec,
                  per_layer: dict[str, dict[str, Any]], grids: dict[str, Any] | None = None) -> None:
-    """Quantize one layer, keep its info for the record and tell the observers.
-
-    The integer grid a method returns under ``info["grid"]`` (``harness.quantize.primitives.Grid``) is taken out
-    of the info (it is tensors, not record data) and kept in ``grids`` for packing.
-    """
-    info = dict(mr.method.quantize_layer(name, layer, spec))
-    grid = info.pop(GRID_KEY, None)
-    if grids is not None and grid is not None:
-        grids[name] = grid
-    info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **info}
+    """Quantize one layer, keep its info for the record (``per_layer``) and its grid for packing (``grids``),
+    and tell the observers."""
+    result = mr.method.quantize_layer(name, layer, spec)
+    if grids is not None and result.grid is not None:
+        grids[name] = result.grid
+    info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **result.info}
     per_layer[name] = info
     mr.hook.harness_layer_quantized(run=mr.run, name=name, info=info)
     mr.hook.harness_phase_advance(run=mr.run, phase="quantize", advance=1)

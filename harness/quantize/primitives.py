@@ -105,7 +105,7 @@ class QuantizedWeight:
     spec: QuantSpec
 
 
-GRID_KEY = "grid"  # info key under which quantize_layer hands its Grid to the driver (never recorded)
+GRID_KEY = "grid"  # stats key under which a solver (gptq_quantize) returns the Grid it used
 
 
 @dataclass
