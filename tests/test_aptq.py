@@ -18,8 +18,10 @@ from harness.run import execute
 from methods.aptq import Aptq, attention_graph
 from methods.gptq import Gptq
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # last: benchmarks/kernels.py must not
-from hessian_check import perturbation_study  # noqa: E402  shadow the `kernels` package transformers imports
+# the benchmark's helper, checked here; appended last so that benchmarks/kernels.py cannot shadow the `kernels`
+# package transformers looks for
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from hessian_check import perturbation_study  # noqa: E402
 
 TINY = ModelConfig(name="tiny", random_init={"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
                                              "num_hidden_layers": 1, "num_attention_heads": 4,
