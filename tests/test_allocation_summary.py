@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+# appended, not first: benchmarks/kernels.py would shadow the `kernels` package transformers imports
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import allocation_summary as S  # noqa: E402
 
 from harness.results.records import load_record  # noqa: E402
