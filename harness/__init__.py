@@ -6,7 +6,7 @@ edge or a cycle between layers):
 
 1. ``harness.errors``, ``harness.util``: the one-line error, atomic writes, locks, hashes, config dataclasses;
 2. ``harness.quantize``: grids and RTN, the compensation loop, the Hessian, layer discovery, the
-   sequential driver, sensitivities and allocation (it drives a method through the ``Method``
+   sequential driver, sensitivities and allocation (it drives a method through the ``Quantizer``
    protocol of ``quantize.driver``, never importing a plugin);
 3. ``harness.packed``: packing, Triton kernels and their reference, ``QuantLinear``, checkpoints
    (reads ``quantize``'s grids);

@@ -16,7 +16,7 @@ from harness.quantize.primitives import Grid, QuantSpec
 log = logging.getLogger(__name__)
 
 
-class Method(Protocol):
+class Quantizer(Protocol):
     """What the layer-by-layer passes need of a quantization method. ``harness.plugins.method.Method`` (the
     base class every method plugin derives from) satisfies it; declaring it here keeps ``quantize/`` from
     importing the plugin layer above it."""
@@ -78,7 +78,7 @@ class Quantized:
     grids: dict[str, Grid]
 
 
-def plan_specs(method: Method, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None
+def plan_specs(method: Quantizer, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None
                ) -> tuple[dict[str, QuantSpec], dict[str, Any] | None]:
     """The method's bit plan as specs, and its allocation info; a bad group size fails here, before any
     work is done. ``scores``: the sensitivity pass's per-layer scores (methods that ``needs_sensitivity``)."""
@@ -93,7 +93,7 @@ def plan_specs(method: Method, layers: dict[str, nn.Linear], scores: dict[str, f
 class MethodRun:
     """A method with the run's observers: what every pass over the model's layers needs."""
 
-    method: Method
+    method: Quantizer
     hook: Any  # the plugin manager's hook relay
     run: Any  # the RunContext observers receive (None in benchmarks)
 
@@ -111,7 +111,7 @@ def quantize_one(mr: MethodRun, name: str, layer: nn.Linear, spec: QuantSpec,
     mr.hook.harness_phase_advance(run=mr.run, phase="quantize", advance=1)
 
 
-def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> Quantized:
+def quantize_model(model: nn.Module, method: Quantizer, hook: Any, run: Any) -> Quantized:
     """Quantize ``model`` in place with a method that needs no calibration data.
 
     Emits ``harness_layer_quantized`` per layer and phase hooks for progress. Returns the summary
