@@ -14,7 +14,8 @@ edge or a cycle between layers):
 5. ``harness.plugins``: hook specs, the plugin manager, the ``Method`` and ``Task`` base classes, observers;
 6. ``methods``, ``tasks``: the plugins themselves;
 7. ``harness.results``: records, statistics, report, compare;
-8. ``harness.run``, ``harness.cli`` (and the ``harness.report`` / ``harness.compare`` entry points).
+8. ``harness.run``, ``harness.cli`` and its Hydra ``callbacks`` (and the ``harness.report`` /
+   ``harness.compare`` entry points).
 
 ``inputs`` sits above ``quantize`` and ``packed`` because loading a model unfuses MoE experts and
 loads packed checkpoints. The top-level package itself only re-exports ``ConfigError`` and ``hookimpl``
