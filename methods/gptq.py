@@ -11,7 +11,8 @@ Follows the reference ``gptq.py`` of IST-DASLab/gptq:
 - ``group_size``: grid parameters found on the (partly updated) weights when a group starts, or,
   with ``static_groups``, on the original weights before any update.
 The integer grid actually used (per-group scale/zero, and ``g_idx`` when act-order permutes the
-dynamic groups) is returned under ``stats["grid"]`` for packing; the driver pops it before the record.
+dynamic groups) is returned under ``stats["grid"]``; ``quantize_layer`` hands it on for packing as the
+``LayerResult``'s grid, apart from the record info.
 Deviation: if the Cholesky factorization fails, damping is raised ×10 (up to 6 times) and the
 number of retries is recorded, instead of crashing.
 
