@@ -3,7 +3,7 @@
 For chosen decoder layers of the model (default: the embedded SmolLM2-135M), random small
 perturbations of q_proj/k_proj (and v_proj) are applied one at a time; the actual change of the
 attention output ``ΔE`` is compared with ``½ tr(δW H δWᵀ)`` for APTQ's H and GPTQ's H
-(``harness.quantize.hessian_check``). Prints a table and writes JSON.
+(``benchmarks/hessian_check.py``). Prints a table and writes JSON.
 
     python benchmarks/hessian_correlation.py --layers 0,10,20 --windows 8 --seqlen 256
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 from _common import compose_cfg, load
+from hessian_check import perturbation_study
 from rich.console import Console
 from rich.table import Table
 
-from harness.quantize.hessian_check import perturbation_study
 from harness.quantize.layers import decoder_layers, run_block
 from harness.quantize.sequential import capture_inputs
 

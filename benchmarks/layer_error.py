@@ -24,9 +24,9 @@ from harness.quantize.layers import block_linears, decoder_layers, run_block  # 
 from harness.quantize.primitives import QuantSpec, rtn  # noqa: E402
 from harness.quantize.sequential import capture_inputs  # noqa: E402
 from harness.util import build_config  # noqa: E402
-from methods.gptq import Gptq, GptqConfig, gptq_quantize  # noqa: E402
-from methods.owq import OwqConfig, allocate_fp16_columns, layer_bits, owq_quantize  # noqa: E402
-from methods.pbllm import PbllmConfig, pb_quantize  # noqa: E402
+from methods.gptq import Gptq, gptq_quantize  # noqa: E402
+from methods.owq import Owq, allocate_fp16_columns, layer_bits, owq_quantize  # noqa: E402
+from methods.pbllm import Pbllm, pb_quantize  # noqa: E402
 
 
 def compose(overrides: list[str]) -> dict:
@@ -60,7 +60,7 @@ def main() -> None:
         inps = run_block(layers[i], inps, kwargs[i])
     block = layers[args.layer]
     linears = block_linears(block)
-    stats, xs = Gptq(GptqConfig()), {}
+    stats, xs = Gptq(Gptq.default_config()), {}
 
     def record(name: str, X: torch.Tensor) -> None:  # a forward hook must return None
         stats.add_batch(name, X)
@@ -83,13 +83,14 @@ def main() -> None:
         for bits in (4, 3):
             spec = QuantSpec(bits)
             row[f"RTN{bits}"] = err(rtn(W, spec).Q)
-            row[f"GPTQ{bits}"] = err(gptq_quantize(W, H, spec, GptqConfig(bits))[0])
+            row[f"GPTQ{bits}"] = err(gptq_quantize(W, H, spec, Gptq.default_config(bits=bits))[0])
             n_out = allocate_fp16_columns({k: all_shapes[k] for k in all_shapes}, bits, bits + 0.01)[name]
             row[f"OWQ{bits}.01({n_out}c,{layer_bits(*W.shape, bits, n_out):.3f}b)"] = err(
-                owq_quantize(W, H, n_out, spec, OwqConfig(bits, bits + 0.01))[0])
+                owq_quantize(W, H, n_out, spec, Owq.default_config(bits=bits, target_bits=bits + 0.01))[0])
         for f in (0.1, 0.2, 0.3):
-            row[f"PB{f:g}"] = err(pb_quantize(W, H, PbllmConfig(f, "hessian", False))[0])
-            row[f"GPTQ-PB{f:g}"] = err(pb_quantize(W, H, PbllmConfig(f, "hessian", True))[0])
+            for compensate, label in ((False, "PB"), (True, "GPTQ-PB")):
+                cfg = Pbllm.default_config(salient_frac=f, salience="hessian", compensate=compensate)
+                row[f"{label}{f:g}"] = err(pb_quantize(W, H, cfg)[0])
         rows.append(row)
         print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 

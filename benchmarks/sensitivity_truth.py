@@ -69,8 +69,7 @@ def criterion_scores(method_opts: dict[str, Any], crit: str, model, inps, kwargs
     entry: dict[str, Any] = {"cached": None, "seconds": 0.0}
     if method.needs_sensitivity:
         entry = cached_sensitivities(model, MethodRun(method, Silent(), None), inps, kwargs, key, cache_dir, windows)
-        method.sensitivities = entry["scores"]
-    scores = method.plan_scores(linear_layers(model))
+    scores = method.plan_scores(linear_layers(model), entry.get("scores"))
     return scores, {"cached": entry["cached"], "seconds": entry["seconds"], "tables": entry.get("tables")}
 
 

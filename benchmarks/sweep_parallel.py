@@ -1,9 +1,10 @@
 """Wall time of one sweep through Hydra's submitit launcher on this machine with 1 and with N jobs at once.
 
-The same sweep (the CI sweep of ``tests/test_sweeps.py`` by default: tiny LLaMA, 6 points, 5 runs)
-runs twice, each into a fresh results directory (nothing reused), with
-``hydra.sweeper.max_batch_size=1`` and ``=N``; the result is both wall times and their ratio, and
-the load average before each (the machine may be shared).
+The same sweep (by default the tiny settings of the CI sweep in ``tests/test_sweeps.py``, ``+smoke=tiny``
+on WikiText-2, over method=fp16,rtn,gptq × bits=3,4: 6 points, 5 runs, since fp16 ignores bits; the CI
+sweep itself is method=fp16,rtn × bits=3,4: 4 points, 3 runs) runs twice, each into a fresh results
+directory (nothing reused), with ``hydra.sweeper.max_batch_size=1`` and ``=N``; the result is both wall
+times and their ratio, and the load average before each (the machine may be shared).
 
     python benchmarks/sweep_parallel.py                  # 1 vs 2 jobs at once
     python benchmarks/sweep_parallel.py --jobs 4 method=rtn bits=2,3,4,8
@@ -20,8 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
-        "profile.calib_samples=4", "wandb.mode=disabled", "task=[wikitext2]"]
+TINY = ["+smoke=tiny", "task=[wikitext2]"]  # conf/smoke/tiny.yaml
 POINTS = ["method=fp16,rtn,gptq", "bits=3,4"]
 
 

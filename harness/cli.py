@@ -15,9 +15,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
+from harness.util import CONF_DIR as CONF_PATH
 from harness.util import unknown
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # absolute: required under python -m
+CONF_DIR = str(CONF_PATH)  # absolute: required under python -m
 
 log = logging.getLogger("harness")
 

@@ -45,7 +45,7 @@ from harness.results.records import (
     package_versions,
     record_path,
 )
-from harness.util import REPO_ROOT, build_config, cache_lock, canonical_hash, file_sha256
+from harness.util import REPO_ROOT, build_config, cache_lock, canonical_hash, file_sha256, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def resolve_device(name: Any) -> str:
 def validate_knobs(cfg: dict[str, Any]) -> None:
     ratio = cfg.get("ratio")
     if not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-        raise ConfigError(f"ratio={ratio} is outside [0, 1]; it is the fraction of weights kept at 4 bits")
+        raise ConfigError(f"ratio={ratio} is outside [0, 1]; it is the fraction of weights at a mixed-precision "
+                          f"method's high bit width (APTQ: method.high_bits), the rest at its low one")
     check_bits(cfg.get("bits"))
     for knob in ("act_order", "true_sequential", "sym", "pack", "save", "offload", "force"):
         if not isinstance(cfg.get(knob, False), bool):
@@ -328,15 +329,15 @@ def quantize(p: Plan, m: Loaded, run: RunContext) -> tuple[dict[str, Any], dict[
     """Quantize in place; returns (the record's quantization summary, the integer grids, calibration info)."""
     hook = p.plugins.hook
     if p.calib is None:
-        quant, calib_info = quantize_model(m.model, p.method, hook, run), None
+        result, calib_info = quantize_model(m.model, p.method, hook, run), None
     else:
         windows, calib_info = calibration_windows(p.calib, m.tokenizer, p.env.data_dir, p.env.cache_dir)
         model_key = {"model": p.identity["model"], "seed": p.cfg["seed"]}  # the seed matters for random-init models
-        quant = quantize_sequential(m.model, MethodRun(p.method, hook, run), windows, p.env.device,
-                                    cache_dir=p.env.cache_dir, model_key=model_key)
+        result = quantize_sequential(m.model, MethodRun(p.method, hook, run), windows, p.env.device,
+                                     cache_dir=p.env.cache_dir, model_key=model_key)
     if p.offload:  # quantized layer by layer on the device; evaluated as a whole there (or over the device map)
         place(m.model, p.model_cfg, p.env.device, p.env.cache_dir)
-    grids = quant.pop("grids", {})  # tensors: never part of the record
+    quant, grids = result.summary, result.grids
     if m.checkpoint:
         from harness.packed.qlinear import measured_bits
 
@@ -474,6 +475,18 @@ def run_phases(p: Plan) -> dict:
     del grids
     metrics = evaluate(p, m, run)
     run.timings["total"] = time.perf_counter() - t_start
-    record = make_record(p, m, run, quant, calib_info, metrics, saved)
+    record = write_record(p, make_record(p, m, run, quant, calib_info, metrics, saved))
     p.plugins.hook.harness_run_end(run=run, record=record)
     return record
+
+
+def write_record(p: Plan, record: dict[str, Any]) -> dict[str, Any]:
+    """Write the record atomically and return it with its ``record_path`` (not stored in the file).
+
+    The run writes it itself, before any observer hears of the end: it is the one output that must
+    never be lost, so it depends on no plugin being registered or succeeding.
+    """
+    path = record_path(p.results_dir, p.run_id)
+    write_atomic(path, record)
+    log.info("record written to %s", path)
+    return {**record, "record_path": str(path)}

@@ -23,6 +23,7 @@ from harness.errors import ConfigError
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: conf/, methods/, tasks/, reference/
+CONF_DIR = REPO_ROOT / "conf"  # absolute: Hydra needs it so under ``python -m harness``
 
 
 def canonical_hash(obj: Any) -> str:
@@ -112,6 +113,25 @@ def unknown(kind: str, name: Any, known: Iterable[str]) -> ConfigError:
     close = difflib.get_close_matches(str(name), known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ConfigError(f"unknown {kind} {str(name)!r}; known: {', '.join(known)}.{hint}")
+
+
+def composed_options(group: str, name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``conf/<group>/<name>.yaml`` as a run composes it, ``overrides`` applied: its interpolations of the
+    top-level knobs (``${bits}``, ``${ratio}`` ... of ``conf/config.yaml``) resolved, its ``name`` dropped.
+
+    The YAML is the one home of every option's default (the ``Config`` dataclasses declare types and
+    checks only), so code that builds a config outside a Hydra run (tests, benchmarks) reads it here.
+    """
+    from omegaconf import OmegaConf  # Hydra's dependency; imported here to keep util light
+
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no {path.relative_to(REPO_ROOT)}: {group} {name!r} has no config to take defaults from")
+    root = OmegaConf.load(CONF_DIR / "config.yaml")
+    root[group] = OmegaConf.merge(OmegaConf.load(path), overrides or {})
+    options = OmegaConf.to_container(root[group], resolve=True)
+    options.pop("name", None)
+    return options
 
 
 def build_config(cls: type, options: dict[str, Any], what: str) -> Any:

@@ -58,6 +58,7 @@ the full-precision model (so they can be cached and shared across ratios).
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -68,10 +69,11 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.allocation import ALLOCATORS, allocate
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.layers import StopForward, family, local_name, model_config, qkv_split
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
 from harness.util import unknown
-from methods.gptq import Gptq, GptqConfig, check_min_tokens, gptq_quantize
+from methods.gptq import Gptq, check_solver, gptq_quantize
 
 QKV_PARTS = ("q", "k", "v")
 HESSIANS = ("attention", "layer")
@@ -82,30 +84,32 @@ LOSS_CRITERIA = {"fisher": ("gradient", "fisher"), "kfac": ("gradient", "kfac"),
 
 @dataclass
 class AptqConfig:
-    ratio: float = 1.0  # fraction of quantized weights at high_bits; the rest at low_bits
-    high_bits: int = 4
-    low_bits: int = 2
-    group_size: int = -1
-    sym: bool = False
-    hessian: str = "attention"  # attention (APTQ) | layer (GPTQ's H everywhere: ablation)
-    sensitivity: str = "trace"  # trace | trace_x_err | fisher | kfac | measured | trace_inv | random
-    allocator: str = "greedy"  # greedy (the paper's rank cut) | knapsack (exact, harness.quantize.allocation)
-    choices: list[int] | None = None  # knapsack's bit widths; None: {low_bits, high_bits}
-    truth_windows: int = 8  # calibration windows of the measured criterion (the first ones)
-    probes: int = 2  # Rademacher probes per calibration window for s_t
-    seed: int = 0  # probes and the random allocation
-    # GPTQ solver options (methods.gptq), same defaults
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = False
-    min_tokens: int = 16  # fewer calibration tokens: RTN (methods.gptq, take_hessian)
+    """APTQ's options; their defaults live in ``conf/method/aptq.yaml`` only (``Method.default_config``)."""
+
+    ratio: float  # fraction of quantized weights at high_bits; the rest at low_bits
+    high_bits: int
+    low_bits: int
+    group_size: int
+    sym: bool
+    hessian: str  # attention (APTQ) | layer (GPTQ's H everywhere: ablation)
+    sensitivity: str  # trace | trace_x_err | fisher | kfac | measured | trace_inv | random
+    allocator: str  # greedy (the paper's rank cut) | knapsack (exact, harness.quantize.allocation)
+    choices: list[int] | None  # knapsack's bit widths; None: {low_bits, high_bits}
+    truth_windows: int  # calibration windows of the measured criterion (the first ones)
+    probes: int  # Rademacher probes per calibration window for s_t
+    seed: int  # probes and the random allocation
+    # GPTQ solver options (methods.gptq)
+    percdamp: float
+    blocksize: int
+    act_order: bool
+    static_groups: bool
+    true_sequential: bool
+    min_tokens: int  # fewer calibration tokens: RTN (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
-        check_min_tokens(self.min_tokens)
         for bits in (self.high_bits, self.low_bits):
-            GptqConfig(bits, self.group_size, self.sym, self.percdamp, self.blocksize)  # same validation
+            check_solver(bits=bits, group_size=self.group_size, sym=self.sym, percdamp=self.percdamp,
+                         blocksize=self.blocksize, min_tokens=self.min_tokens)
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 <= self.ratio <= 1:
             raise ConfigError(f"ratio={self.ratio} is outside [0, 1]; it is the fraction of weights at "
                               f"{self.high_bits} bits")
@@ -189,6 +193,12 @@ def attention_graph(block: nn.Module, attn: dict[str, nn.Linear], o_proj: nn.Lin
     return cap.pop("F"), cap, out
 
 
+@functools.cache
+def yaml_defaults() -> AptqConfig:
+    """APTQ's defaults (``conf/method/aptq.yaml``, their one home): a label names the options that differ."""
+    return Aptq.default_config()
+
+
 class Aptq(Gptq):
     name = "aptq"
     Config = AptqConfig
@@ -203,9 +213,10 @@ class Aptq(Gptq):
                             reverse=True))
 
     def label(self) -> str:
-        c = self.config
+        """``APTQ``, ``APTQ-50%`` ..., tagged with each option that differs from ``conf/method/aptq.yaml``."""
+        c, d = self.config, yaml_defaults()
         mixed = 0 < c.ratio < 1
-        widths = (c.low_bits, c.high_bits) != (2, 4)  # non-default widths are named: APTQ-3, APTQ-50% w3/4
+        widths = (c.low_bits, c.high_bits) != (d.low_bits, d.high_bits)  # named: APTQ-3, APTQ-50% w3/4
         if c.ratio == 1:
             base = f"APTQ-{c.high_bits}" if widths else "APTQ"
         elif c.ratio == 0:
@@ -213,10 +224,11 @@ class Aptq(Gptq):
         else:
             base = f"APTQ-{round(100 * c.ratio)}%" + (f" w{c.low_bits}/{c.high_bits}" if widths else "")
         tags = [*self.solver_tags(), "H-layer" if c.hessian == "layer" else "",
-                c.sensitivity if c.sensitivity != "trace" and mixed else "",
-                c.allocator if c.allocator != "greedy" and mixed else "",
+                c.sensitivity if c.sensitivity != d.sensitivity and mixed else "",
+                c.allocator if c.allocator != d.allocator and mixed else "",
                 "b" + "".join(map(str, c.choices)) if c.choices and mixed else "",
-                f"tw{c.truth_windows}" if c.sensitivity == "measured" and c.truth_windows != 8 and mixed else "",
+                f"tw{c.truth_windows}" if c.sensitivity == "measured" and c.truth_windows != d.truth_windows and mixed
+                else "",
                 f"seed{c.seed}" if c.sensitivity == "random" and 0 < c.ratio < 1 else ""]  # one draw per seed
         return " ".join([base, *[t for t in tags if t]])
 
@@ -249,27 +261,27 @@ class Aptq(Gptq):
             key.update(low_bits=c.low_bits, group_size=c.group_size, sym=c.sym)
         return key
 
-    def plan_scores(self, layers: dict[str, nn.Linear]) -> dict[str, float]:
-        """Per-layer scores (higher = more sensitive: a score is the layer's cost at ``low_bits``)."""
+    def plan_scores(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None) -> dict[str, float]:
+        """Per-layer ranking scores (higher = more sensitive: a score is the layer's cost at ``low_bits``) from
+        the first pass's ``scores``."""
         c = self.config
         if c.sensitivity == "random":
             return random_scores(list(layers), c.seed)
-        if self.sensitivities is None:
-            raise RuntimeError("APTQ needs the sensitivity pass before plan_bits (harness.quantize.sensitivity)")
+        if scores is None:
+            raise RuntimeError("APTQ needs the sensitivity pass's scores for plan_bits (harness.quantize.sensitivity)")
         if c.sensitivity == "trace_inv":  # the control that inverts the paper's ranking
-            return {n: 1.0 / max(self.sensitivities[n], 1e-30) for n in layers}
-        return {n: self.sensitivities[n] for n in layers}
+            return {n: 1.0 / max(scores[n], 1e-30) for n in layers}
+        return {n: scores[n] for n in layers}
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
+        """Uniform at ratio 0 or 1; else the allocator's plan within the budget, with its info for the record."""
         c = self.config
-        self.allocation = None
         if c.ratio in (0, 1):
-            return {n: c.high_bits if c.ratio == 1 else c.low_bits for n in layers}
+            return BitPlan({n: c.high_bits if c.ratio == 1 else c.low_bits for n in layers})
         numel = {n: m.weight.numel() for n, m in layers.items()}
-        plan, self.allocation = allocate(c.allocator, self.plan_scores(layers), numel, c.ratio, c.high_bits,
-                                         c.low_bits, tuple(c.choices) if c.choices else None)
-        self.allocation["criterion"] = c.sensitivity
-        return plan
+        plan, allocation = allocate(c.allocator, self.plan_scores(layers, scores), numel, c.ratio, c.high_bits,
+                                    c.low_bits, tuple(c.choices) if c.choices else None)
+        return BitPlan(plan, {**allocation, "criterion": c.sensitivity})
 
     def add_batch(self, name: str, X: torch.Tensor, s: torch.Tensor | None = None) -> None:
         """``H = 2/n Σ_b Σ_t s_bt x_bt x_btᵀ``; ``s`` (B, T) token weights, GPTQ's H when None."""
@@ -281,8 +293,6 @@ class Aptq(Gptq):
         super().__init__(config)
         #: fused q/k/v projections: name → [(statistics key, first row, end row)] of its output slices
         self.row_parts: dict[str, list[tuple[str, int, int]]] = {}
-        #: the last plan's allocation info for the record (budget, achieved bits, allocator)
-        self.allocation: dict[str, Any] | None = None
 
     def _output_slices(self, block: nn.Module, name: str, mod: nn.Linear) -> list[tuple[str, int, int]]:
         """[(statistics key, lo, hi)]: the whole output for a separate projection; for a fused q/k/v
@@ -315,7 +325,7 @@ class Aptq(Gptq):
         return trace
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         parts = self.row_parts.pop(name, None)
         if parts is None:
             return super().quantize_layer(name, layer, spec)
@@ -335,9 +345,10 @@ class Aptq(Gptq):
             info["fallback"] = "+".join(fallbacks)
         err = relative_error(W, Q)
         layer.weight.data.copy_(Q.to(W.dtype))
+        grid = None
         if all(g.g_idx is None for g in grids):  # act-order with dynamic groups: no common g_idx, no grid to pack
-            info[GRID_KEY] = Grid(torch.cat([g.scale for g in grids]), torch.cat([g.zero for g in grids]))
-        return {"err": err, **info}
+            grid = Grid(torch.cat([g.scale for g in grids]), torch.cat([g.zero for g in grids]))
+        return LayerResult({"err": err, **info}, grid)
 
     @torch.no_grad()
     def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,

@@ -6,12 +6,12 @@ The name follows the papers' tables ("FP16"); on a CPU the model runs in its loa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import nn
 
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.method import Method
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.primitives import QuantSpec
 
 
@@ -32,10 +32,10 @@ class Fp16(Method):
     def label(self) -> str:
         return "FP16"
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
-        return {}
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
+        return BitPlan({})
 
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         raise RuntimeError("fp16 quantizes nothing")
 
 

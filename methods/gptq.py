@@ -11,7 +11,8 @@ Follows the reference ``gptq.py`` of IST-DASLab/gptq:
 - ``group_size``: grid parameters found on the (partly updated) weights when a group starts, or,
   with ``static_groups``, on the original weights before any update.
 The integer grid actually used (per-group scale/zero, and ``g_idx`` when act-order permutes the
-dynamic groups) is returned under ``stats["grid"]`` for packing; the driver pops it before the record.
+dynamic groups) is returned under ``stats["grid"]``; ``quantize_layer`` hands it on for packing as the
+``LayerResult``'s grid, apart from the record info.
 Deviation: if the Cholesky factorization fails, damping is raised ×10 (up to 6 times) and the
 number of retries is recorded, instead of crashing.
 
@@ -38,6 +39,8 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.method import Method
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.driver import LayerResult
+from harness.quantize.hessian import hessian_update
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, find_params, quantize, relative_error
 
 log = logging.getLogger(__name__)
@@ -47,24 +50,34 @@ MAX_PERCDAMP = 0.5  # damping cap of the low-token fallback (percdamp must stay 
 
 @dataclass
 class GptqConfig:
-    bits: int = 4
-    group_size: int = -1
-    sym: bool = False
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    static_groups: bool = False
-    true_sequential: bool = False
-    min_tokens: int = 16  # fewer calibration tokens (a rarely routed MoE expert): RTN (H = I)
+    """GPTQ's options; their defaults live in ``conf/method/gptq.yaml`` only (``Method.default_config``)."""
+
+    bits: int
+    group_size: int
+    sym: bool
+    percdamp: float
+    blocksize: int
+    act_order: bool
+    static_groups: bool
+    true_sequential: bool
+    min_tokens: int  # fewer calibration tokens (a rarely routed MoE expert): RTN (H = I)
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
-        QuantSpec(self.bits, self.group_size, self.sym)
-        if not 0 < self.percdamp < 1:
-            raise ConfigError(f"percdamp={self.percdamp} must be in (0, 1)")
-        if self.blocksize < 1:
-            raise ConfigError(f"blocksize={self.blocksize} must be ≥ 1")
-        check_min_tokens(self.min_tokens)
+        check_solver(bits=self.bits, group_size=self.group_size, sym=self.sym, percdamp=self.percdamp,
+                     blocksize=self.blocksize, min_tokens=self.min_tokens)
+
+
+def check_solver(*, bits: int, group_size: int, sym: bool, percdamp: float, blocksize: int, min_tokens: int) -> None:
+    """The checks every GPTQ-family config shares (GPTQ, APTQ at each bit width, OWQ, PB-LLM's grid)."""
+    check_bits(bits)
+    QuantSpec(bits, group_size, sym)
+    if not isinstance(sym, bool):
+        raise ConfigError(f"sym={sym!r} must be true or false")
+    if not 0 < percdamp < 1:
+        raise ConfigError(f"percdamp={percdamp} must be in (0, 1)")
+    if blocksize < 1:
+        raise ConfigError(f"blocksize={blocksize} must be ≥ 1")
+    check_min_tokens(min_tokens)
 
 
 def check_min_tokens(min_tokens: Any) -> None:
@@ -170,16 +183,7 @@ class Gptq(Method):
 
     def add_batch(self, name: str, X: torch.Tensor) -> None:
         X = X.unsqueeze(0) if X.dim() == 2 else X  # (B, T, d_in)
-        b = X.shape[0]
-        n = self.nsamples.get(name, 0)
-        H = self.H.get(name)
-        if H is None:
-            H = torch.zeros(X.shape[-1], X.shape[-1], device=X.device, dtype=torch.float32)
-        H *= n / (n + b)
-        n += b
-        Xt = (2 / n) ** 0.5 * X.reshape(-1, X.shape[-1]).t().float()  # (d_in, B·T)
-        H += Xt.matmul(Xt.t())
-        self.H[name], self.nsamples[name] = H, n
+        self.H[name], self.nsamples[name] = hessian_update(self.H.get(name), self.nsamples.get(name, 0), X)
         self.tokens[name] = self.tokens.get(name, 0) + X.shape[0] * X.shape[1]
 
     def take_hessian(self, name: str, layer: nn.Linear) -> tuple[torch.Tensor, Any, dict[str, Any]]:
@@ -208,13 +212,14 @@ class Gptq(Method):
         return gptq_quantize(W.float(), H.float(), self.spec(bits), self.config)[0].to(W.dtype)
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         W = layer.weight.data  # (d_out, d_in)
         H, cfg, info = self.take_hessian(name, layer)
         Q, stats = gptq_quantize(W, H, spec, cfg)
+        grid = stats.pop(GRID_KEY)
         err = relative_error(W, Q)
         layer.weight.data.copy_(Q.to(W.dtype))
-        return {"err": err, **info, **stats}
+        return LayerResult({"err": err, **info, **stats}, grid)
 
 
 @hookimpl

@@ -37,8 +37,9 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
-from methods.gptq import Gptq, GptqConfig, inverse_hessian_factor
+from methods.gptq import Gptq, check_solver, inverse_hessian_factor
 
 FP16_BITS = 16
 INDEX_BITS = 32  # one int32 index per fp16 column, as the reference stores them
@@ -47,19 +48,21 @@ NOT_PACKABLE = "fp16 weak columns are not representable by the uniform 2/4-bit p
 
 @dataclass
 class OwqConfig:
-    bits: int = 4
-    target_bits: float = 4.01  # average bits including the fp16 columns and their indices
-    group_size: int = -1
-    sym: bool = False
-    percdamp: float = 0.01
-    blocksize: int = 128
-    act_order: bool = False
-    true_sequential: bool = False
-    min_tokens: int = 16  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
+    """OWQ's options; their defaults live in ``conf/method/owq.yaml`` only (``Method.default_config``)."""
+
+    bits: int
+    target_bits: float  # average bits including the fp16 columns and their indices
+    group_size: int
+    sym: bool
+    percdamp: float
+    blocksize: int
+    act_order: bool
+    true_sequential: bool
+    min_tokens: int  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
-        GptqConfig(self.bits, self.group_size, self.sym, self.percdamp, self.blocksize,
-                   min_tokens=self.min_tokens)  # same validation
+        check_solver(bits=self.bits, group_size=self.group_size, sym=self.sym, percdamp=self.percdamp,
+                     blocksize=self.blocksize, min_tokens=self.min_tokens)
         if not isinstance(self.target_bits, (int, float)) or not self.bits <= self.target_bits < FP16_BITS:
             raise ConfigError(f"target_bits={self.target_bits} must be in [bits={self.bits}, {FP16_BITS}): it is the "
                               f"average including the fp16 columns, e.g. target_bits={self.bits + 0.01:g}")
@@ -158,14 +161,14 @@ class Owq(Gptq):
     def label(self) -> str:
         return " ".join([f"OWQ {self.config.target_bits:g}", *self.solver_tags()])
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
         """Uniform ``bits`` for the quantized columns; also fixes each layer's fp16 column count."""
         shapes = {n: (m.out_features, m.in_features) for n, m in layers.items()}
         self.fp16_columns = allocate_fp16_columns(shapes, self.config.bits, self.config.target_bits)
-        return {name: self.config.bits for name in layers}
+        return BitPlan({name: self.config.bits for name in layers})
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         W = layer.weight.data  # (d_out, d_in)
         H, cfg, info = self.take_hessian(name, layer)
         n_out = self.fp16_columns.get(name, 0)
@@ -176,8 +179,9 @@ class Owq(Gptq):
         bits = layer_bits(d_out, d_in, spec.bits, n_out)
         n_groups = 1 if spec.group_size == -1 else math.ceil((d_in - n_out) / spec.group_size)
         grid_bits = n_groups * (SCALE_BITS + (0 if spec.sym else spec.bits)) / d_in  # scale + zero per group
-        return {"err": err, **info, **stats, "fp16_columns": n_out, "bits_per_weight": bits,
-                "bits_per_weight_with_overhead": bits + grid_bits, "packable": False, "packable_reason": NOT_PACKABLE}
+        return LayerResult({"err": err, **info, **stats, "fp16_columns": n_out, "bits_per_weight": bits,
+                            "bits_per_weight_with_overhead": bits + grid_bits, "packable": False,
+                            "packable_reason": NOT_PACKABLE})
 
 
 @hookimpl

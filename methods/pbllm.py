@@ -34,8 +34,9 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.compensate import compensated_quantize, drop_dead_inputs
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.primitives import SCALE_BITS, QuantSpec, find_params, quantize, relative_error
-from methods.gptq import Gptq, GptqConfig, inverse_hessian_factor
+from methods.gptq import Gptq, check_solver, inverse_hessian_factor
 
 SALIENCE = ("magnitude", "hessian")
 MASK_BITS = 1
@@ -44,13 +45,15 @@ NOT_PACKABLE = "binarized weights with a salient-weight mask are not representab
 
 @dataclass
 class PbllmConfig:
-    salient_frac: float = 0.1  # fraction of weights kept at high_bits
-    salience: str = "hessian"  # magnitude | hessian
-    compensate: bool = True  # true: GPTQ-PB (Hessian error compensation); false: plain PB-LLM
-    high_bits: int = 8
-    percdamp: float = 0.01
-    blocksize: int = 128
-    min_tokens: int = 16  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
+    """PB-LLM's options; their defaults live in ``conf/method/pbllm.yaml`` only (``Method.default_config``)."""
+
+    salient_frac: float  # fraction of weights kept at high_bits
+    salience: str  # magnitude | hessian
+    compensate: bool  # true: GPTQ-PB (Hessian error compensation); false: plain PB-LLM
+    high_bits: int
+    percdamp: float
+    blocksize: int
+    min_tokens: int  # fewer calibration tokens: identity Hessian (methods.gptq, take_hessian)
 
     def __post_init__(self) -> None:
         if not isinstance(self.salient_frac, (int, float)) or not 0 < self.salient_frac < 1:
@@ -60,8 +63,8 @@ class PbllmConfig:
             raise ConfigError(f"salience={self.salience!r} is unknown; choose one of {', '.join(SALIENCE)}")
         if not isinstance(self.compensate, bool):
             raise ConfigError(f"compensate={self.compensate!r} must be true or false")
-        GptqConfig(self.high_bits, percdamp=self.percdamp, blocksize=self.blocksize,
-                   min_tokens=self.min_tokens)  # same validation
+        check_solver(bits=self.high_bits, group_size=-1, sym=False, percdamp=self.percdamp,  # the per-row 8-bit grid
+                     blocksize=self.blocksize, min_tokens=self.min_tokens)
 
 
 def pb_bits(n_salient: int, numel: int, high_bits: int = 8) -> float:
@@ -134,12 +137,12 @@ class Pbllm(Gptq):
         c = self.config
         return f"{'GPTQ-PB' if c.compensate else 'PB-LLM'} {100 * c.salient_frac:g}% {c.salience}"
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
         """``high_bits``: the grid of the salient weights; the record's bits come from ``bits_per_weight``."""
-        return {name: self.config.high_bits for name in layers}
+        return BitPlan({name: self.config.high_bits for name in layers})
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         W = layer.weight.data  # (d_out, d_in)
         H, cfg, info = self.take_hessian(name, layer) if self.needs_calibration else (None, self.config, {})
         Q, stats = pb_quantize(W, H, cfg)
@@ -147,9 +150,9 @@ class Pbllm(Gptq):
         layer.weight.data.copy_(Q.to(W.dtype))
         bits = pb_bits(stats["salient"], W.numel(), self.config.high_bits)
         row_bits = 2 * SCALE_BITS + self.config.high_bits  # α and the grid scale (fp16), the grid's zero point
-        return {"err": err, **info, **stats, "bits_per_weight": bits,
-                "bits_per_weight_with_overhead": bits + row_bits / W.shape[1],
-                "packable": False, "packable_reason": NOT_PACKABLE}
+        return LayerResult({"err": err, **info, **stats, "bits_per_weight": bits,
+                            "bits_per_weight_with_overhead": bits + row_bits / W.shape[1],
+                            "packable": False, "packable_reason": NOT_PACKABLE})
 
 
 @hookimpl

@@ -6,7 +6,6 @@ includes 0, symmetric or asymmetric (see ``harness.quantize.primitives``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -14,14 +13,17 @@ from torch import nn
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.method import Method
-from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
+from harness.quantize.driver import LayerResult
+from harness.quantize.primitives import Grid, QuantSpec, check_bits, relative_error, rtn
 
 
 @dataclass
 class RtnConfig:
-    bits: int = 4
-    group_size: int = -1  # -1: per output channel
-    sym: bool = False
+    """RTN's options; their defaults live in ``conf/method/rtn.yaml`` only (``Method.default_config``)."""
+
+    bits: int
+    group_size: int  # -1: per output channel
+    sym: bool
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -40,12 +42,12 @@ class Rtn(Method):
         return f"RTN{g}{' sym' if self.config.sym else ''}"
 
     @torch.no_grad()
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
         W = layer.weight.data  # (d_out, d_in)
         qw = rtn(W, spec, layer=name)
         err = relative_error(W, qw.Q)
         layer.weight.data.copy_(qw.Q)
-        return {"err": err, GRID_KEY: Grid(qw.scale, qw.zero)}
+        return LayerResult({"err": err}, Grid(qw.scale, qw.zero))
 
 
 @hookimpl

@@ -143,7 +143,11 @@ class C4(_Perplexity):
     corpus = "c4_eval"
 
     def n_windows(self) -> int:
-        return self.config.n_windows or 256  # GPTQ's full protocol
+        """Random windows need a count: the profile sets it (``c4_windows``; the paper's: 256, GPTQ's)."""
+        if self.config.n_windows is None:
+            raise ConfigError("task.c4.n_windows is null; C4 draws random windows and needs a count "
+                              "(profile.c4_windows: 256 in the paper's protocol)")
+        return self.config.n_windows
 
     def text_windows(self, text: Corpus, tokenizer, length: int, special_tokens: bool) -> torch.Tensor:
         return random_doc_windows(text.docs, tokenizer, self.n_windows(), length, self.config.seed, special_tokens)

@@ -27,6 +27,7 @@ standard errors. The suite adds ``mean_ci`` (each task's items resampled on thei
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -39,15 +40,22 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.plugins.task import Task
 from harness.results.stats import mean_interval, seed_for, suite_mean_interval
-from harness.util import unknown
+from harness.util import CONF_DIR, unknown
 from tasks.zeroshot_data import HELLASWAG_VARIANTS, SUITE, builtin_yaml, prepare, sources
 
 log = logging.getLogger(__name__)
 
-#: The metric feeding the suite mean unless configured: acc_norm where the length-normalized
-#: score is the convention (HellaSwag, ARC-Challenge), acc elsewhere.
-DEFAULT_METRIC = {"piqa": "acc", "hellaswag": "acc_norm", "arc_easy": "acc", "arc_challenge": "acc_norm",
-                  "winogrande": "acc"}
+
+
+@functools.cache
+def default_metric() -> dict[str, str]:
+    """The metric feeding the suite mean unless configured (acc_norm where the length-normalized score is the
+    convention: HellaSwag, ARC-Challenge; acc elsewhere), as ``conf/task/zeroshot.yaml`` sets it: that file is
+    its one home, read here for a config built outside Hydra or a metric left out of an override."""
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.load(CONF_DIR / "task" / "zeroshot.yaml").zeroshot.metric)
+
 METRICS = {t: ("acc",) if t == "winogrande" else ("acc", "acc_norm") for t in SUITE}  # as lm-eval's YAMLs
 
 
@@ -81,7 +89,7 @@ def check_metric(task: str, metric: str) -> str:
 @dataclass
 class SuiteConfig(ZeroShotOptions):
     tasks: list[str] = field(default_factory=lambda: list(SUITE))
-    metric: dict[str, str] = field(default_factory=dict)  # task -> acc | acc_norm (default: DEFAULT_METRIC)
+    metric: dict[str, str] = field(default_factory=dict)  # task -> acc | acc_norm (default: default_metric())
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,12 +100,12 @@ class SuiteConfig(ZeroShotOptions):
             raise ConfigError(f"zeroshot.tasks={self.tasks} lists a task twice")
         for t, m in dict(self.metric).items():
             check_metric(check_task(t), m)
-        self.metric = {t: self.metric.get(t, DEFAULT_METRIC[t]) for t in self.tasks}
+        self.metric = {t: self.metric.get(t, default_metric()[t]) for t in self.tasks}
 
 
 @dataclass
 class SingleConfig(ZeroShotOptions):
-    metric: str | None = None  # acc | acc_norm (default: DEFAULT_METRIC)
+    metric: str | None = None  # acc | acc_norm (default: default_metric())
 
 
 def _harness_hflm():
@@ -257,7 +265,7 @@ class _Single(_ZeroShot):
         return [self.name]
 
     def metric_for(self, task: str) -> str:
-        return self.config.metric or DEFAULT_METRIC[task]
+        return self.config.metric or default_metric()[task]
 
     def combine(self, per_task, seed):
         return per_task[self.name]

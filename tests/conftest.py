@@ -110,9 +110,7 @@ def tiny_cfg(tmp_path):
 
     def make(*overrides: str) -> dict:
         return _compose([
-            "model=tiny_llama", "wandb.mode=disabled", f"results_dir={tmp_path / 'results'}",
-            "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2", "profile.calib_samples=4",
-            *overrides,
+            "+smoke=tiny", f"results_dir={tmp_path / 'results'}", *overrides,  # conf/smoke/tiny.yaml
         ])
 
     return make
@@ -146,10 +144,10 @@ def correlated_inputs():
 @pytest.fixture(scope="session")
 def hessian():
     """``hessian(X)``: GPTQ's H = 2/n Σ XXᵀ of inputs X (n, d) → (d, d), through ``Gptq.add_batch``."""
-    from methods.gptq import Gptq, GptqConfig
+    from methods.gptq import Gptq
 
     def H(X):
-        m = Gptq(GptqConfig())
+        m = Gptq(Gptq.default_config())
         m.add_batch("l", X.unsqueeze(0))
         return m.H["l"]
 

@@ -2,6 +2,8 @@
 Hessian-trace allocation, the sensitivity cache and the end-to-end run on a tiny model."""
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,13 +11,17 @@ import torch
 from harness.errors import ConfigError
 from harness.inputs.model import ModelConfig, load_model
 from harness.quantize.allocation import greedy
-from harness.quantize.hessian_check import perturbation_study
 from harness.quantize.layers import decoder_layers
 from harness.quantize.sensitivity import sensitivity_cache_path
 from harness.quantize.sequential import capture_inputs
 from harness.run import execute
-from methods.aptq import Aptq, AptqConfig, attention_graph
-from methods.gptq import Gptq, GptqConfig
+from methods.aptq import Aptq, attention_graph
+from methods.gptq import Gptq
+
+# the benchmark's helper, checked here; appended last so that benchmarks/kernels.py cannot shadow the `kernels`
+# package transformers looks for
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from hessian_check import perturbation_study  # noqa: E402
 
 TINY = ModelConfig(name="tiny", random_init={"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
                                              "num_hidden_layers": 1, "num_attention_heads": 4,
@@ -47,7 +53,7 @@ def test_o_proj_attention_hessian_is_gptq_hessian(block_and_inputs):
     """F = o_proj's output, so ∂F/∂y_t = I and s_t = ‖v_t‖²/d_out = 1 exactly for Rademacher v."""
     block, inps, kwargs = block_and_inputs
     mods = names(block, "o_proj")
-    aptq, gptq = Aptq(AptqConfig(probes=2)), Gptq(GptqConfig())
+    aptq, gptq = Aptq(Aptq.default_config(probes=2)), Gptq(Gptq.default_config())
     aptq._collect_attention(block, mods, inps, kwargs)
     gptq.collect(block, mods, inps, kwargs)
     assert torch.allclose(aptq.H["b.self_attn.o_proj"], gptq.H["b.self_attn.o_proj"], rtol=1e-5, atol=1e-6)
@@ -63,7 +69,7 @@ def test_probe_weights_match_the_exact_jacobian_norms(block_and_inputs):
     J = torch.stack([torch.autograd.grad(F.flatten()[i], y, retain_graph=True)[0][0]
                      for i in range(F.numel())])  # (F entries, 8, d_out)
     s_exact = J.pow(2).sum(dim=(0, 2)) / k.out_features  # (8,)
-    aptq = Aptq(AptqConfig(probes=400, seed=1))
+    aptq = Aptq(Aptq.default_config(probes=400, seed=1))
     aptq._collect_attention(block, {"b.self_attn.k_proj": k}, x, kwargs_for(kwargs, 8))
     X = cap["k"][0][0]  # (8, d_in)
     H_exact = 2 * (X * s_exact[:, None]).t() @ X
@@ -124,7 +130,7 @@ def test_allocation_fills_the_ratio_with_the_most_sensitive_layers():
 ])
 def test_bad_settings_fail_in_one_line(opts, msg):
     with pytest.raises(ConfigError, match=re.escape(msg)) as err:
-        AptqConfig(**opts)
+        Aptq.default_config(**opts)
     assert "\n" not in str(err.value)
 
 
@@ -159,7 +165,7 @@ def test_one_pass_collection_gives_gptq_hessians_for_the_rest_and_the_block_outp
 
     block, inps, kwargs = block_and_inputs
     mods = {f"b.{n}": m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
-    aptq, gptq = Aptq(AptqConfig(probes=1)), Gptq(GptqConfig())
+    aptq, gptq = Aptq(Aptq.default_config(probes=1)), Gptq(Gptq.default_config())
     outs = aptq.collect(block, mods, inps, kwargs)
     gptq.collect(block, mods, inps, kwargs)
     assert torch.allclose(outs, run_block(block, inps, kwargs), atol=1e-6)
@@ -174,4 +180,4 @@ def test_one_pass_collection_gives_gptq_hessians_for_the_rest_and_the_block_outp
     ({"ratio": 0.5, "low_bits": 3, "high_bits": 4}, "APTQ-50% w3/4"),
     ({"ratio": 0.0, "low_bits": 3}, "APTQ-3")])
 def test_labels_name_non_default_bit_widths(opts, label):
-    assert Aptq.from_options(opts).label() == label
+    assert Aptq(Aptq.default_config(**opts)).label() == label

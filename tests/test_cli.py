@@ -6,8 +6,7 @@ import pytest
 # Never launches a kernel: CI runs this file once, with Triton hidden (.ci/run's no-Triton pass).
 pytestmark = pytest.mark.no_triton
 
-TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
-        "wandb.mode=disabled"]
+TINY = ["+smoke=tiny"]  # conf/smoke/tiny.yaml
 
 
 @pytest.mark.slow
@@ -94,9 +93,8 @@ def test_report_entry_point_answers_help(run_cli):
 def test_sweep_callback_renders_once_into_the_sweeps_wandb_group_and_never_raises(tmp_path, monkeypatch, caplog):
     """``RenderTables.on_multirun_end``: one render of ``results_dir``, the sweep dir as the W&B group; a
     failing render is a warning that names the command to run later, never an exception (the records are safe)."""
-    from omegaconf import OmegaConf
-
     from harness.plugins.callbacks import RenderTables
+    from omegaconf import OmegaConf
 
     calls = []
     monkeypatch.setattr("harness.results.report.render", lambda folder, **kw: calls.append((folder, kw)) or {})

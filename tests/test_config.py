@@ -1,4 +1,5 @@
 """Every config option composes, resolves, and builds its method and tasks."""
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,16 @@ def test_every_method_and_profile_composes_and_builds(method, profile, compose_c
     assert {t.name for t in tasks} == {"wikitext2", "c4"}
     for t in tasks:
         assert t.config.seqlen == cfg["profile"]["seqlen"]
+
+
+@pytest.mark.parametrize("method", GROUPS["method"])
+def test_every_method_default_has_one_home_the_yaml(method, compose_cfg):
+    """The ``Config`` dataclasses declare no defaults; what a run composes is what ``default_config`` gives."""
+    cls = make_plugins().methods.get(method)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in dataclasses.fields(cls.Config))
+    composed = {k: v for k, v in compose_cfg([f"method={method}"])["method"].items() if k != "name"}
+    assert vars(cls.default_config()) == vars(build_config(cls.Config, composed, method))
 
 
 @pytest.mark.parametrize("model", GROUPS["model"])
@@ -78,6 +89,22 @@ def test_unknown_method_option_is_a_clear_error(compose_cfg):
     cfg = compose_cfg(["+method.blocksize=64"])
     with pytest.raises(ConfigError, match="method 'rtn' has no option 'blocksize'"):
         build(cfg, make_plugins())
+
+
+def test_experiment_is_chosen_without_a_plus():
+    """``experiment`` is an optional entry of the defaults list: ``experiment=<name>`` selects it (the comment
+    in conf/config.yaml says so); ``+experiment=`` would add it a second time and fails."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), pytest.raises(ConfigCompositionException):
+        compose(config_name="config", overrides=["+experiment=fp16_vs_rtn"])
+
+
+def test_the_smoke_settings_are_the_quick_profile_shrunk(compose_cfg):
+    cfg = compose_cfg(["+smoke=tiny"])
+    assert cfg["model"]["name"] == "tiny-llama" and cfg["profile"]["name"] == "quick"
+    assert (cfg["profile"]["seqlen"], cfg["calibration"]["nsamples"], cfg["wandb"]["mode"]) == (64, 4, "disabled")
 
 
 def test_experiment_configs_compose_as_sweeps():

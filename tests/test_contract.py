@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import torch
@@ -26,8 +25,9 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import RunContext
 from harness.plugins.manager import make_plugins
 from harness.plugins.method import Capabilities, Method
+from harness.quantize.driver import LayerResult
 from harness.quantize.layers import linear_layers
-from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, relative_error, rtn
+from harness.quantize.primitives import Grid, QuantSpec, relative_error, rtn
 from harness.results.records import load_records, readable, record_path
 from harness.results.tables import build_tables
 from harness.run import evaluate, load, make_record, pack, plan, quantize
@@ -51,11 +51,11 @@ class SymRtn(Method):
     name = "sym_rtn"
     Config = SymRtnConfig
 
-    def quantize_layer(self, name: str, layer: torch.nn.Linear, spec: QuantSpec) -> dict[str, Any]:
+    def quantize_layer(self, name: str, layer: torch.nn.Linear, spec: QuantSpec) -> LayerResult:
         qw = rtn(layer.weight.data, spec, layer=name)
         err = relative_error(layer.weight.data, qw.Q)
         layer.weight.data.copy_(qw.Q)
-        return {"err": err, GRID_KEY: Grid(qw.scale, qw.zero)}
+        return LayerResult({"err": err}, Grid(qw.scale, qw.zero))
 
 
 class _ThirdParty:

@@ -33,8 +33,8 @@ from harness.quantize.primitives import QuantSpec, rtn
 from harness.quantize.sequential import capture_inputs, stages
 from harness.results.records import readable
 from harness.run import evaluate, load, make_record, pack, plan, quantize
-from methods.aptq import Aptq, AptqConfig, find_o_proj
-from methods.gptq import Gptq, GptqConfig
+from methods.aptq import Aptq, find_o_proj
+from methods.gptq import Gptq
 
 FAMILY_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3", "opt", "mixtral")  # conf/model/tiny_*.yaml
 PHI = {"model_type": "phi", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -179,7 +179,7 @@ def test_fused_qkv_slices_get_exactly_the_hessians_of_separate_projections(model
     monkeypatch.setattr(aptq_module.zlib, "crc32", lambda _b: 0)  # the same Rademacher probes for both
     qkv = block.self_attn.qkv_proj
     parts = {n: twin.self_attn.get_submodule(n) for n in ("q_proj", "k_proj", "v_proj")}
-    fused, sep, fused_s, sep_s = (Aptq(AptqConfig(probes=3)) for _ in range(4))
+    fused, sep, fused_s, sep_s = (Aptq(Aptq.default_config(probes=3)) for _ in range(4))
     for method, blk, mods in ((fused, block, {"qkv_proj": qkv}), (fused_s, block, {"qkv_proj": qkv}),
                               (sep, twin, parts), (sep_s, twin, parts)):
         method.collect(blk, mods, inps, kwargs[0])
@@ -194,7 +194,8 @@ def test_fused_qkv_slices_get_exactly_the_hessians_of_separate_projections(model
         (64 * s_sep["q_proj"] + 32 * s_sep["k_proj"] + 32 * s_sep["v_proj"]) / 128, rel=1e-4)
 
     spec = QuantSpec(4)
-    info = fused.quantize_layer("qkv_proj", qkv, spec)
+    fused_result = fused.quantize_layer("qkv_proj", qkv, spec)
+    info = fused_result.info
     for n, mod in parts.items():
         sep.quantize_layer(n, mod, spec)
     Q_sep = torch.cat([mod.weight.data for mod in parts.values()])  # (128, 64)
@@ -202,7 +203,7 @@ def test_fused_qkv_slices_get_exactly_the_hessians_of_separate_projections(model
     assert info["slices"]["k"]["rows"] == [64, 96] and info["tokens"] == 3 * 32 and "fallback" not in info
     lin = torch.nn.Linear(64, 128, bias=False)
     lin.weight.data = qkv.weight.data.clone()
-    QuantLinear.from_linear(lin, info["grid"], 4, -1, "qkv_proj")  # the stacked grid is the one the rows are on
+    QuantLinear.from_linear(lin, fused_result.grid, 4, -1, "qkv_proj")  # the stacked grid is the one the rows are on
 
 
 # ------------------------------------------------------------------------------------- MoE
@@ -254,20 +255,20 @@ def test_low_token_fallbacks(correlated_inputs):
     torch.manual_seed(0)
     lin = torch.nn.Linear(64, 16, bias=False)
     W = lin.weight.data.clone()
-    g = Gptq(GptqConfig(min_tokens=16))
-    info = g.quantize_layer("never_routed", lin, QuantSpec(4))  # add_batch never called
+    g = Gptq(Gptq.default_config(min_tokens=16))
+    info = g.quantize_layer("never_routed", lin, QuantSpec(4)).info  # add_batch never called
     assert info["fallback"] == "rtn" and info["tokens"] == 0 and torch.equal(lin.weight.data, rtn(W, QuantSpec(4)).Q)
     lin.weight.data.copy_(W)
     g.add_batch("few", correlated_inputs(n=10, d=64).unsqueeze(0))
-    info = g.quantize_layer("few", lin, QuantSpec(4))
+    info = g.quantize_layer("few", lin, QuantSpec(4)).info
     assert info["fallback"] == "rtn" and info["tokens"] == 10 and torch.equal(lin.weight.data, rtn(W, QuantSpec(4)).Q)
     lin.weight.data.copy_(W)
     g.add_batch("rank_deficient", correlated_inputs(n=32, d=64).unsqueeze(0))
-    info = g.quantize_layer("rank_deficient", lin, QuantSpec(4))
+    info = g.quantize_layer("rank_deficient", lin, QuantSpec(4)).info
     assert info["fallback"] == "damped" and info["percdamp"] == pytest.approx(0.01 * 64 / 32)
     assert not torch.equal(lin.weight.data, rtn(W, QuantSpec(4)).Q)
     g.add_batch("enough", correlated_inputs(n=128, d=64).unsqueeze(0))
-    assert "fallback" not in g.quantize_layer("enough", lin, QuantSpec(4))
+    assert "fallback" not in g.quantize_layer("enough", lin, QuantSpec(4)).info
 
 
 # ------------------------------------------------------------------------------------- the matrix

@@ -5,12 +5,12 @@ from harness.inputs.model import ModelConfig, load_model
 from harness.quantize.layers import decoder_layers, run_block
 from harness.quantize.primitives import QuantSpec, rtn
 from harness.quantize.sequential import capture_inputs, stages
-from methods.gptq import Gptq, GptqConfig, gptq_quantize
+from methods.gptq import Gptq, gptq_quantize
 
 
 def test_add_batch_accumulates_2_xxt_over_n_sequences(correlated_inputs):
     X = correlated_inputs()
-    m = Gptq(GptqConfig())
+    m = Gptq(Gptq.default_config())
     m.add_batch("l", X[:256].unsqueeze(0))
     m.add_batch("l", X[256:].unsqueeze(0))
     H_ref = 2 / 2 * (X[:256].t() @ X[:256] + X[256:].t() @ X[256:])
@@ -22,7 +22,8 @@ def test_gptq_output_error_beats_rtn(bits, group_size, act_order, correlated_inp
     torch.manual_seed(0)
     W, X = torch.randn(32, 64), correlated_inputs()
     spec = QuantSpec(bits, group_size)
-    Q, stats = gptq_quantize(W, hessian(X), spec, GptqConfig(bits, group_size, act_order=act_order))
+    cfg = Gptq.default_config(bits=bits, group_size=group_size, act_order=act_order)
+    Q, stats = gptq_quantize(W, hessian(X), spec, cfg)
     err_gptq = ((W - Q) @ X.t()).norm()
     err_rtn = ((W - rtn(W, spec).Q) @ X.t()).norm()
     assert err_gptq < 0.9 * err_rtn and stats["damp_retries"] == 0
@@ -34,9 +35,9 @@ def test_lazy_block_updates_are_exact(correlated_inputs, hessian):
     torch.manual_seed(1)
     W, H = torch.randn(16, 48), hessian(correlated_inputs(d=48))
     spec = QuantSpec(3)
-    Q1, _ = gptq_quantize(W, H, spec, GptqConfig(3, blocksize=1))
-    Q128, _ = gptq_quantize(W, H, spec, GptqConfig(3, blocksize=128))
-    Q7, _ = gptq_quantize(W, H, spec, GptqConfig(3, blocksize=7))
+    Q1, _ = gptq_quantize(W, H, spec, Gptq.default_config(bits=3, blocksize=1))
+    Q128, _ = gptq_quantize(W, H, spec, Gptq.default_config(bits=3, blocksize=128))
+    Q7, _ = gptq_quantize(W, H, spec, Gptq.default_config(bits=3, blocksize=7))
     assert (Q1 != Q128).float().mean() < 0.01 and (Q7 != Q128).float().mean() < 0.01  # float rounding only
 
 
@@ -44,7 +45,7 @@ def test_dead_inputs_and_singular_hessians_do_not_crash(correlated_inputs, hessi
     W, X = torch.randn(8, 16), correlated_inputs(n=4, d=16)  # rank 4 < 16: singular H
     X[:, 3] = 0  # a dead input
     H = hessian(X)
-    Q, stats = gptq_quantize(W, H, QuantSpec(4), GptqConfig(percdamp=1e-9))
+    Q, stats = gptq_quantize(W, H, QuantSpec(4), Gptq.default_config(percdamp=1e-9))
     assert torch.isfinite(Q).all() and torch.all(Q[:, 3] == 0)  # dead column: weight set to 0
 
 

@@ -12,7 +12,7 @@ from harness.quantize.loss_sensitivity import gradient_pass, low_bit_deltas, tru
 from harness.quantize.primitives import QuantSpec, rtn
 from harness.quantize.sequential import capture_inputs
 from harness.run import execute
-from methods.aptq import Aptq, AptqConfig
+from methods.aptq import Aptq
 
 TINY = ModelConfig(name="tiny", random_init={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
                                              "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -56,7 +56,7 @@ def test_fisher_equals_its_finite_difference_definition(tiny):
     at token t alone moved along ΔW x_t. Central differences (ε = 1e-5) through the full forward; float64:
     agreement to rtol 1e-6 (the finite-difference error is O(ε²))."""
     model, windows, inps, kwargs = tiny
-    deltas = low_bit_deltas(Aptq(AptqConfig()), model, inps, kwargs, 2)
+    deltas = low_bit_deltas(Aptq(Aptq.default_config()), model, inps, kwargs, 2)
     fisher = gradient_pass(model, inps, kwargs, windows, deltas)["fisher"]
     layers = linear_layers(model)
     eps, n, T = 1e-5, *windows.shape

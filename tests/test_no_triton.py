@@ -14,8 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Hides Triton itself (in subprocesses); CI runs it once, in .ci/run's no-Triton pass.
 pytestmark = pytest.mark.no_triton
 
-TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
-        "profile.calib_samples=4", "wandb.mode=disabled", "task=[wikitext2]"]
+TINY = ["+smoke=tiny", "task=[wikitext2]"]  # conf/smoke/tiny.yaml
 
 RUN = r"""
 import json, sys

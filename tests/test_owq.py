@@ -3,8 +3,8 @@ import torch
 
 from harness.errors import ConfigError
 from harness.quantize.primitives import QuantSpec
-from methods.gptq import GptqConfig, gptq_quantize
-from methods.owq import INDEX_BITS, OwqConfig, allocate_fp16_columns, layer_bits, owq_quantize, weak_columns
+from methods.gptq import Gptq, gptq_quantize
+from methods.owq import INDEX_BITS, Owq, allocate_fp16_columns, layer_bits, owq_quantize, weak_columns
 
 
 @pytest.fixture
@@ -22,8 +22,8 @@ def test_without_fp16_columns_owq_is_exactly_gptq(bits, group_size, hessian, out
     torch.manual_seed(0)
     W, H = torch.randn(32, 64), hessian(outlier_inputs())
     spec = QuantSpec(bits, group_size)
-    Q_gptq, s_gptq = gptq_quantize(W, H, spec, GptqConfig(bits, group_size))
-    Q_owq, s_owq = owq_quantize(W, H, 0, spec, OwqConfig(bits, bits, group_size))
+    Q_gptq, s_gptq = gptq_quantize(W, H, spec, Gptq.default_config(bits=bits, group_size=group_size))
+    Q_owq, s_owq = owq_quantize(W, H, 0, spec, Owq.default_config(bits=bits, target_bits=bits, group_size=group_size))
     assert torch.equal(Q_gptq, Q_owq) and s_owq["loss"] == pytest.approx(s_gptq["loss"], rel=1e-5)
 
 
@@ -41,8 +41,8 @@ def test_fp16_columns_carry_the_compensation_and_beat_gptq(act_order, hessian, o
     torch.manual_seed(0)
     W, X = torch.randn(32, 64), outlier_inputs()
     H, spec = hessian(X), QuantSpec(3)
-    Q_gptq, _ = gptq_quantize(W, H, spec, GptqConfig(3))
-    Q, stats = owq_quantize(W, H, 2, spec, OwqConfig(3, 3.5, act_order=act_order))
+    Q_gptq, _ = gptq_quantize(W, H, spec, Gptq.default_config(bits=3))
+    Q, stats = owq_quantize(W, H, 2, spec, Owq.default_config(bits=3, target_bits=3.5, act_order=act_order))
     weak = stats["fp16_column_ids"]
     assert weak == [5, 13]
     err = lambda Q: ((W - Q) @ X.t()).norm()  # noqa: E731 - output error on the calibration inputs
@@ -79,7 +79,7 @@ def test_allocation_meets_the_target_from_below():
 ])
 def test_bad_target_bits_is_one_line(bits, target, message):
     with pytest.raises(ConfigError) as err:
-        OwqConfig(bits=bits, target_bits=target)
+        Owq.default_config(bits=bits, target_bits=target)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

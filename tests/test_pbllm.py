@@ -3,18 +3,18 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigError
-from harness.quantize.driver import summarize
-from harness.quantize.primitives import QuantSpec, average_bits, find_params, quantize
+from harness.quantize.driver import reported_bits, summarize
+from harness.quantize.primitives import QuantSpec, find_params, quantize
 from methods.gptq import inverse_hessian_factor
-from methods.pbllm import Pbllm, PbllmConfig, pb_bits, pb_quantize, salient_mask
+from methods.pbllm import Pbllm, pb_bits, pb_quantize, salient_mask
 
 
 @pytest.mark.parametrize("frac,bits", [(0.1, 2.7), (0.2, 3.4), (0.3, 4.1)])
 def test_average_bits_are_the_papers_figures(frac, bits):
     torch.manual_seed(0)
     layer = nn.Linear(20, 10, bias=False)  # 200 weights: f · 200 salient exactly
-    m = Pbllm(PbllmConfig(salient_frac=frac, salience="magnitude", compensate=False))
-    info = m.quantize_layer("l", layer, m.spec(8))
+    m = Pbllm(Pbllm.default_config(salient_frac=frac, salience="magnitude", compensate=False))
+    info = m.quantize_layer("l", layer, m.spec(8)).info
     assert info["salient"] == round(frac * 200)
     assert info["bits_per_weight"] == bits == pb_bits(info["salient"], 200)  # 8f + (1 − f) + 1, exactly
     assert info["bits_per_weight_with_overhead"] == bits + (16 + 16 + 8) / 20
@@ -24,7 +24,7 @@ def test_average_bits_are_the_papers_figures(frac, bits):
 def test_plain_partial_binarization():
     torch.manual_seed(0)
     W = torch.randn(16, 64)
-    Q, stats = pb_quantize(W, None, PbllmConfig(salient_frac=0.25, salience="magnitude", compensate=False))
+    Q, stats = pb_quantize(W, None, Pbllm.default_config(salient_frac=0.25, salience="magnitude", compensate=False))
     salient = W.abs() >= W.abs().flatten().kthvalue(W.numel() - 256 + 1).values  # the 25 % largest |w|
     assert stats["salient"] == 256 and torch.equal(salient, salient_mask(W, None, 0.25, "magnitude"))
     scale, zero = find_params(W, 8, sym=False)  # the row's 8-bit grid
@@ -53,7 +53,7 @@ def test_error_compensation_beats_none(salience, correlated_inputs, hessian):
     H = hessian(X)
     err = {}
     for compensate in (False, True):
-        Q, _ = pb_quantize(W, H, PbllmConfig(0.2, salience, compensate))
+        Q, _ = pb_quantize(W, H, Pbllm.default_config(salient_frac=0.2, salience=salience, compensate=compensate))
         err[compensate] = ((W - Q) @ X.t()).norm()
     assert err[True] < 0.95 * err[False]
 
@@ -62,7 +62,7 @@ def test_more_salient_weights_less_error(correlated_inputs, hessian):
     torch.manual_seed(0)
     W, X = torch.randn(32, 64), correlated_inputs()
     H = hessian(X)
-    errs = [((W - pb_quantize(W, H, PbllmConfig(f))[0]) @ X.t()).norm() for f in (0.1, 0.2, 0.3)]
+    errs = [((W - pb_quantize(W, H, Pbllm.default_config(salient_frac=f))[0]) @ X.t()).norm() for f in (0.1, 0.2, 0.3)]
     assert errs[0] > errs[1] > errs[2]
 
 
@@ -75,14 +75,14 @@ def test_more_salient_weights_less_error(correlated_inputs, hessian):
 ])
 def test_bad_settings_are_one_line(options, message):
     with pytest.raises(ConfigError) as err:
-        PbllmConfig(**options)
+        Pbllm.default_config(**options)
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_calibration_only_when_needed():
-    assert not Pbllm(PbllmConfig(salience="magnitude", compensate=False)).needs_calibration
-    assert Pbllm(PbllmConfig(salience="hessian", compensate=False)).needs_calibration
-    assert Pbllm(PbllmConfig(salience="magnitude", compensate=True)).needs_calibration
+    assert not Pbllm(Pbllm.default_config(salience="magnitude", compensate=False)).needs_calibration
+    assert Pbllm(Pbllm.default_config(salience="hessian", compensate=False)).needs_calibration
+    assert Pbllm(Pbllm.default_config(salience="magnitude", compensate=True)).needs_calibration
 
 
 def test_summary_uses_layer_reported_bits_and_says_fake_quant():
@@ -90,7 +90,7 @@ def test_summary_uses_layer_reported_bits_and_says_fake_quant():
     specs = {"a": QuantSpec(8), "b": QuantSpec(8)}  # c stays in full precision
     plain = summarize(layers, specs, {"a": {}, "b": {}})
     assert (plain["avg_bits"], plain["avg_bits_with_overhead"]) == pytest.approx(
-        tuple(b * 600 / 800 + 16 * 200 / 800 for b in average_bits([(10, 20, specs["a"]), (10, 40, specs["b"])])))
+        tuple(b * 600 / 800 + 16 * 200 / 800 for b in reported_bits(layers, specs, {})))
     assert "packable" not in plain
     per_layer = {"a": {"bits_per_weight": 2.7, "bits_per_weight_with_overhead": 3.0, "packable": False,
                        "packable_reason": "binarized"}, "b": {}}

@@ -8,12 +8,12 @@ from harness.errors import ConfigError
 from harness.inputs.model import ModelConfig, load_model
 from harness.packed.checkpoint import QUANT_FILE, WEIGHTS_FILE, load_packed
 from harness.packed.qlinear import QuantLinear, measured_bits, pack_model, parity
-from harness.quantize.driver import quantize_model
+from harness.quantize.driver import BitPlan, quantize_model
 from harness.quantize.layers import linear_layers
 from harness.quantize.primitives import Grid, QuantSpec, rtn
 from harness.run import execute
-from methods.gptq import GptqConfig, gptq_quantize
-from methods.rtn import Rtn, RtnConfig
+from methods.gptq import Gptq, gptq_quantize
+from methods.rtn import Rtn
 
 TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -24,7 +24,7 @@ TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num
 def test_gptq_returns_the_grid_it_used(group_size, act_order, static, correlated_inputs, hessian):
     torch.manual_seed(0)
     W, H = torch.randn(32, 64), hessian(correlated_inputs())
-    cfg = GptqConfig(4, group_size, act_order=act_order, static_groups=static)
+    cfg = Gptq.default_config(bits=4, group_size=group_size, act_order=act_order, static_groups=static)
     Q, stats = gptq_quantize(W, H, QuantSpec(4, group_size), cfg)
     grid = stats["grid"]
     assert grid.g_idx is None
@@ -37,7 +37,7 @@ def test_gptq_returns_the_grid_it_used(group_size, act_order, static, correlated
 def test_gptq_act_order_dynamic_groups_report_g_idx_and_refuse_packing(correlated_inputs, hessian):
     torch.manual_seed(0)
     W, H = torch.randn(16, 64), hessian(correlated_inputs())
-    Q, stats = gptq_quantize(W, H, QuantSpec(4, 16), GptqConfig(4, 16, act_order=True))
+    Q, stats = gptq_quantize(W, H, QuantSpec(4, 16), Gptq.default_config(bits=4, group_size=16, act_order=True))
     g_idx = stats["grid"].g_idx
     assert g_idx is not None and sorted(torch.bincount(g_idx).tolist()) == [16] * 4
     s, z = stats["grid"].scale[:, g_idx], stats["grid"].zero[:, g_idx]  # (16, 64) per original column
@@ -56,8 +56,8 @@ class NullHook:
 class Mixed(Rtn):
     """RTN with an alternating 2/4-bit plan: a stand-in for APTQ's per-layer mix."""
 
-    def plan_bits(self, layers):
-        return {name: (2 if i % 2 else 4) for i, name in enumerate(layers)}
+    def plan_bits(self, layers, scores=None):
+        return BitPlan({name: (2 if i % 2 else 4) for i, name in enumerate(layers)})
 
 
 @pytest.fixture
@@ -69,10 +69,10 @@ def tiny(cache_dir):
 
 def test_mixed_2_4_model_packs_with_per_layer_bits_and_matches_fake_quant(tiny):
     hook = NullHook()
-    method = Mixed(RtnConfig(4, 32))
+    method = Mixed(Rtn.default_config(bits=4, group_size=32))
     n_linear = sum(m.weight.numel() for m in linear_layers(tiny).values())
-    quant = quantize_model(tiny, method, hook, run=None)
-    grids = quant.pop("grids")
+    result = quantize_model(tiny, method, hook, run=None)
+    quant, grids = result.summary, result.grids
     assert set(grids) == set(quant["layers"]) and quant["avg_bits"] < 4
     fake = pack_model(tiny, grids, quant["layers"])
     qls = {n: m for n, m in tiny.named_modules() if isinstance(m, QuantLinear)}

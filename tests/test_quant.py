@@ -1,8 +1,10 @@
 import pytest
 import torch
+from torch import nn
 
 from harness.errors import ConfigError
-from harness.quantize.primitives import QuantSpec, average_bits, find_params, quantize, rtn
+from harness.quantize.driver import reported_bits
+from harness.quantize.primitives import QuantSpec, find_params, quantize, rtn
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -50,6 +52,12 @@ def test_bad_bits_and_group_sizes_are_clear_errors():
         rtn(torch.randn(8, 576), QuantSpec(4, 128), layer="q_proj")
     with pytest.raises(ConfigError, match="group_size=0"):
         QuantSpec(4, 0)
+
+
+def average_bits(layers: list[tuple[int, int, QuantSpec]]) -> tuple[float, float]:
+    """The production average (``driver.reported_bits``) over layers given as (d_out, d_in, spec)."""
+    linears = {str(k): nn.Linear(i, o, bias=False) for k, (o, i, _) in enumerate(layers)}
+    return reported_bits(linears, {str(k): s for k, (*_, s) in enumerate(layers)}, {})
 
 
 def test_average_bits_counts_scales_and_zeros():

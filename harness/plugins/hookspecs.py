@@ -16,7 +16,8 @@ Registration hooks (called once, when the plugin manager is built)
 Observer hooks (called during a run, in order)
     run_start → (phase_start → phase_advance* → phase_end)* with layer_quantized / task_result in
     between → run_end. Observers must not raise: a failing logger (W&B offline, network, disk)
-    must never lose the run. The record writer is ``tryfirst`` on ``run_end``.
+    must never lose the run. Observers only read: the record is written by the run itself
+    (``harness.run.write_record``) before ``run_end``, whatever plugins are registered.
 """
 from __future__ import annotations
 
@@ -113,5 +114,5 @@ def harness_task_result(run: RunContext, task: str, metrics: dict[str, Any]) -> 
 def harness_run_end(run: RunContext, record: dict[str, Any]) -> None:
     """The run is complete and ``record`` (the JSON-ready result record) is final.
 
-    The records plugin writes it atomically first (``tryfirst``); other observers follow.
+    The run has already written it atomically; ``record["record_path"]`` says where. Do not modify it.
     """

@@ -24,7 +24,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.pbllm",
     "tasks.perplexity",
     "tasks.zeroshot",
-    "harness.plugins.observers.records",
     "harness.plugins.observers.console",
     "harness.plugins.observers.wandb_logger",
 )

@@ -2,7 +2,11 @@
 
 A method is a class with
 - ``name``: the key in ``conf/method/<name>.yaml`` and in ``method=<name>``;
-- ``Config``: a dataclass of its options, validated in ``__post_init__``;
+- ``Config``: a dataclass of its options, validated in ``__post_init__``. Its fields have no defaults:
+  every default lives in ``conf/method/<name>.yaml``, the one file a user reads and overrides, which
+  Hydra composes, the record keeps in its resolved config, and which interpolates the cross-method
+  knobs (``${bits}``). Defaults in both places drifted apart; code outside a Hydra run (tests,
+  benchmarks) takes them from the YAML with ``default_config(**overrides)``;
 - ``knobs``: which top-level knobs (``bits``, ``group_size``, ``sym``, ``ratio``, ``act_order``,
   ``true_sequential``) its config
   interpolates, so an override of a knob it does not use is reported instead of silently ignored;
@@ -13,11 +17,12 @@ A method is a class with
   inputs with forward hooks (GPTQ). A method whose statistics need more than a layer's inputs
   (APTQ: gradients of the attention output) overrides it;
 - ``needs_sensitivity`` / ``layer_sensitivity`` / ``sensitivity_key``: mixed-precision methods get a
-  first pass over the full-precision model (``harness.quantize.sensitivity``) whose per-layer scores reach
-  ``plan_bits`` through ``self.sensitivities``;
-- ``plan_bits(layers)``: the per-layer bit plan (mixed precision methods override it);
+  first pass over the full-precision model (``harness.quantize.sensitivity``) whose per-layer scores the
+  driver passes to ``plan_bits`` as an argument (no state is left on the method between the passes);
+- ``plan_bits(layers, scores)``: the per-layer bit plan as a ``BitPlan`` (mixed precision methods
+  override it and return their allocation info with it);
 - ``quantize_layer(name, layer, spec)``: replace ``layer.weight`` by its quantized version and
-  return per-layer info for the record.
+  return a ``LayerResult``: per-layer info for the record and, when it can be packed, the grid.
 
 What a configured method can do is declared, so the harness refuses an impossible run before it
 loads anything (``capabilities()``): whether it quantizes at all, needs calibration data, mixes bit
@@ -35,9 +40,10 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.packed.packing import PACK_BITS, check_group_size
+from harness.quantize.driver import BitPlan, LayerResult
 from harness.quantize.layers import run_block
 from harness.quantize.primitives import QuantSpec
-from harness.util import build_config
+from harness.util import build_config, composed_options
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,10 @@ class Method(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        #: per-layer sensitivity scores from the first pass (mixed-precision methods only)
-        self.sensitivities: dict[str, float] | None = None
 
     @property
     def needs_sensitivity(self) -> bool:
-        """True when ``plan_bits`` needs ``self.sensitivities`` (a first full-precision pass)."""
+        """True when ``plan_bits`` needs ``scores`` (a first full-precision pass)."""
         return False
 
     def sensitivity_key(self) -> dict[str, Any]:
@@ -119,6 +123,11 @@ class Method(ABC):
     def from_options(cls, options: dict[str, Any]) -> Method:
         return cls(build_config(cls.Config, options, f"method {cls.name!r}"))
 
+    @classmethod
+    def default_config(cls, **overrides: Any) -> Any:
+        """``Config`` with the defaults of ``conf/method/<name>.yaml`` (as a run composes them) and ``overrides``."""
+        return build_config(cls.Config, composed_options("method", cls.name, overrides), f"method {cls.name!r}")
+
     @property
     def quantizes(self) -> bool:
         """False for the full-precision baseline: no layer is touched."""
@@ -163,10 +172,11 @@ class Method(ABC):
     def add_batch(self, name: str, X: torch.Tensor) -> None:  # noqa: B027 - optional hook
         """Accumulate statistics from the inputs ``X`` (B, T, d_in) of layer ``name``."""
 
-    def plan_bits(self, layers: dict[str, nn.Linear]) -> dict[str, int]:
-        """Bits for every quantized layer; the default is uniform ``config.bits``."""
-        return {name: self.config.bits for name in layers}
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan:
+        """Bits for every quantized layer; the default is uniform ``config.bits``. ``scores``: the per-layer
+        sensitivities of the first pass when ``needs_sensitivity``, else None."""
+        return BitPlan({name: self.config.bits for name in layers})
 
     @abstractmethod
-    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> dict[str, Any]:
-        """Quantize ``layer.weight`` (d_out, d_in) in place; return info (at least ``err``)."""
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult:
+        """Quantize ``layer.weight`` (d_out, d_in) in place; return its info (at least ``err``) and grid."""

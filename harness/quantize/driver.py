@@ -5,61 +5,120 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import torch
 from torch import nn
 
-from harness.plugins.method import Method
 from harness.quantize.layers import linear_layers
-from harness.quantize.primitives import GRID_KEY, QuantSpec
+from harness.quantize.primitives import Grid, QuantSpec
 
 log = logging.getLogger(__name__)
 
 
-def plan_specs(method: Method, layers: dict[str, nn.Linear]) -> dict[str, QuantSpec]:
-    """The method's bit plan as specs; a bad group size fails here, before any work is done."""
-    plan = method.plan_bits(layers) if method.quantizes else {}
-    specs = {name: method.spec(bits) for name, bits in plan.items()}
+class Quantizer(Protocol):
+    """What the layer-by-layer passes need of a quantization method. ``harness.plugins.method.Method`` (the
+    base class every method plugin derives from) satisfies it; declaring it here keeps ``quantize/`` from
+    importing the plugin layer above it."""
+
+    name: str
+    config: Any
+    sensitivity_table: str | None
+    sensitivity_windows: int | None
+
+    @property
+    def quantizes(self) -> bool: ...
+
+    @property
+    def needs_sensitivity(self) -> bool: ...
+
+    @property
+    def sensitivity_pass(self) -> str: ...
+
+    def sensitivity_key(self) -> dict[str, Any]: ...
+
+    def plan_bits(self, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None) -> BitPlan: ...
+
+    def spec(self, bits: int) -> QuantSpec: ...
+
+    def collect(self, block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
+                kwargs: dict[str, Any]) -> torch.Tensor | None: ...
+
+    def layer_sensitivity(self, name: str, layer: nn.Linear) -> float: ...
+
+    def solve(self, W: torch.Tensor, H: torch.Tensor, bits: int) -> torch.Tensor: ...
+
+    def quantize_layer(self, name: str, layer: nn.Linear, spec: QuantSpec) -> LayerResult: ...
+
+
+@dataclass(frozen=True)
+class BitPlan:
+    """A method's bit plan (``Method.plan_bits``): the bits of every quantized layer and, for a budgeted
+    mixed-precision plan, how it was reached (the record's ``quantization.allocation``)."""
+
+    bits: dict[str, int]
+    allocation: dict[str, Any] | None = None
+
+
+@dataclass
+class LayerResult:
+    """What ``Method.quantize_layer`` returns: the layer's record info (at least ``err``), and the integer
+    grid its weights now lie on when the packed format can store it (tensors: kept for packing, never recorded)."""
+
+    info: dict[str, Any]
+    grid: Grid | None = None
+
+
+@dataclass
+class Quantized:
+    """What quantizing a model hands on along the data path: the record's ``quantization`` summary, and
+    the methods' integer grids per layer (tensors for packing; never part of the record)."""
+
+    summary: dict[str, Any]
+    grids: dict[str, Grid]
+
+
+def plan_specs(method: Quantizer, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None
+               ) -> tuple[dict[str, QuantSpec], dict[str, Any] | None]:
+    """The method's bit plan as specs, and its allocation info; a bad group size fails here, before any
+    work is done. ``scores``: the sensitivity pass's per-layer scores (methods that ``needs_sensitivity``)."""
+    plan = method.plan_bits(layers, scores) if method.quantizes else BitPlan({})
+    specs = {name: method.spec(bits) for name, bits in plan.bits.items()}
     for name, spec in specs.items():
         spec.groups(layers[name].in_features, name)
-    return specs
+    return specs, plan.allocation
 
 
 @dataclass(frozen=True)
 class MethodRun:
     """A method with the run's observers: what every pass over the model's layers needs."""
 
-    method: Method
+    method: Quantizer
     hook: Any  # the plugin manager's hook relay
     run: Any  # the RunContext observers receive (None in benchmarks)
 
 
 def quantize_one(mr: MethodRun, name: str, layer: nn.Linear, spec: QuantSpec,
                  per_layer: dict[str, dict[str, Any]], grids: dict[str, Any] | None = None) -> None:
-    """Quantize one layer, keep its info for the record and tell the observers.
-
-    The integer grid a method returns under ``info["grid"]`` (``harness.quantize.primitives.Grid``) is taken out
-    of the info (it is tensors, not record data) and kept in ``grids`` for packing.
-    """
-    info = dict(mr.method.quantize_layer(name, layer, spec))
-    grid = info.pop(GRID_KEY, None)
-    if grids is not None and grid is not None:
-        grids[name] = grid
-    info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **info}
+    """Quantize one layer, keep its info for the record (``per_layer``) and its grid for packing (``grids``),
+    and tell the observers."""
+    result = mr.method.quantize_layer(name, layer, spec)
+    if grids is not None and result.grid is not None:
+        grids[name] = result.grid
+    info = {"bits": spec.bits, "group_size": spec.group_size, "numel": layer.weight.numel(), **result.info}
     per_layer[name] = info
     mr.hook.harness_layer_quantized(run=mr.run, name=name, info=info)
     mr.hook.harness_phase_advance(run=mr.run, phase="quantize", advance=1)
 
 
-def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dict[str, Any]:
+def quantize_model(model: nn.Module, method: Quantizer, hook: Any, run: Any) -> Quantized:
     """Quantize ``model`` in place with a method that needs no calibration data.
 
     Emits ``harness_layer_quantized`` per layer and phase hooks for progress. Returns the summary
-    that goes into the record: bit plan, average bits, per-layer info, and under ``grids`` the
-    methods' integer grids (popped by the caller before the record is written).
+    that goes into the record (bit plan, average bits, per-layer info) and the integer grids.
     """
     layers = linear_layers(model)
-    specs = plan_specs(method, layers)
+    specs, _ = plan_specs(method, layers)
     per_layer: dict[str, dict[str, Any]] = {}
     grids: dict[str, Any] = {}
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))
@@ -67,7 +126,7 @@ def quantize_model(model: nn.Module, method: Method, hook: Any, run: Any) -> dic
     for name, spec in specs.items():
         quantize_one(MethodRun(method, hook, run), name, layers[name], spec, per_layer, grids)
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
-    return {**summarize(layers, specs, per_layer), "grids": grids}
+    return Quantized(summarize(layers, specs, per_layer), grids)
 
 
 def summarize(
@@ -110,7 +169,8 @@ def reported_bits(
 
     Methods whose layers are not one uniform grid (OWQ's fp16 columns, PB-LLM's binarized weights
     and mask) put ``bits_per_weight`` (and optionally ``bits_per_weight_with_overhead``) in the
-    info ``quantize_layer`` returns; other layers count ``spec.bits`` as in ``average_bits``.
+    info ``quantize_layer`` returns; other layers count ``spec.bits`` and their grid's scale and zero point
+    (``QuantSpec.overhead_bits``).
     """
     total = bits = bits_overhead = 0.0
     for name, spec in specs.items():

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import ConfigError
+from harness.quantize.hessian import layer_hessians
 from harness.quantize.layers import block_linears, decoder_layers, on_device, run_block
 
 log = logging.getLogger(__name__)
@@ -64,16 +65,6 @@ def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, ids[:, 1:, None].to(logits.device)).squeeze(-1).mean(-1)
 
 
-def gptq_hessians(block: nn.Module, modules: dict[str, nn.Linear], inps: torch.Tensor,
-                  kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """GPTQ's ``H = 2/n Σ X Xᵀ`` (d_in, d_in) of each module from the block inputs ``inps`` (n, T, d)."""
-    from methods.gptq import Gptq, GptqConfig
-
-    acc = Gptq(GptqConfig())
-    acc.collect(block, modules, inps, kwargs)
-    return acc.H
-
-
 @torch.no_grad()
 def low_bit_deltas(method: Any, model: nn.Module, inps: torch.Tensor, kwargs: list[dict[str, Any]],
                    bits: int) -> dict[str, torch.Tensor]:
@@ -84,7 +75,7 @@ def low_bit_deltas(method: Any, model: nn.Module, inps: torch.Tensor, kwargs: li
     for i, block in enumerate(layers):
         with on_device(block, inps.device):
             modules = {f"{path}.{i}.{n}": m for n, m in block_linears(block).items()}
-            H = gptq_hessians(block, modules, inps, kwargs[i])
+            H = layer_hessians(block, modules, inps, kwargs[i])
             for name, mod in modules.items():
                 W = wide(mod.weight.data)  # (d_out, d_in)
                 Hl = H.pop(name, None)  # None: an MoE expert no calibration token was routed to

@@ -105,7 +105,7 @@ class QuantizedWeight:
     spec: QuantSpec
 
 
-GRID_KEY = "grid"  # info key under which quantize_layer hands its Grid to the driver (never recorded)
+GRID_KEY = "grid"  # stats key under which a solver (gptq_quantize) returns the Grid it used
 
 
 @dataclass
@@ -143,15 +143,3 @@ def relative_error(W: torch.Tensor, Q: torch.Tensor) -> float:
     """‖W − Q‖_F / ‖W‖_F."""
     return float((W.float() - Q.float()).norm() / W.float().norm().clamp_min(1e-12))
 
-
-def average_bits(layers: list[tuple[int, int, QuantSpec]]) -> tuple[float, float]:
-    """Weight-count-averaged bits over quantized layers given as (d_out, d_in, spec).
-
-    Returns (bits per weight, bits per weight including scale/zero storage).
-    """
-    total = sum(o * i for o, i, _ in layers)
-    if total == 0:
-        return 16.0, 16.0
-    bits = sum(o * i * s.bits for o, i, s in layers) / total
-    overhead = sum(o * i * s.overhead_bits(i) for o, i, s in layers) / total
-    return bits, bits + overhead

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.quantize.driver import MethodRun, plan_specs, quantize_one, summarize
+from harness.quantize.driver import MethodRun, Quantized, plan_specs, quantize_one, summarize
 from harness.quantize.layers import (
     LLAMA,
     Family,
@@ -113,12 +113,12 @@ def stages(names: list[str], true_sequential: bool, fam: Family | None = None) -
 def quantize_sequential(
     model: nn.Module, mr: MethodRun, windows: torch.Tensor, device: str, cache_dir: Path | None = None,
     model_key: Any = None,
-) -> dict[str, Any]:
+) -> Quantized:
     """Quantize ``model`` in place, layer by layer, with calibration ``windows`` (n, seqlen).
 
     A method that ``needs_sensitivity`` first gets its per-layer scores from a full-precision pass
     (``harness.quantize.sensitivity``; cached under ``cache_dir`` by ``model_key``, the windows and the
-    method's options), then plans its bits from them.
+    method's options), then plans its bits from them (``plan_bits(layers, scores)``).
     """
     method, hook, run = mr.method, mr.hook, mr.run
     path, layers = decoder_layers(model)
@@ -135,9 +135,7 @@ def quantize_sequential(
     if method.needs_sensitivity:
         key = {"model": model_key, "windows_sha256": windows_hash(windows)}
         sensitivity = cached_sensitivities(model, mr, inps, kwargs, key, cache_dir, windows)
-        method.sensitivities = sensitivity["scores"]
-    specs = plan_specs(method, all_linear)
-    allocation = getattr(method, "allocation", None)  # a mixed-precision plan's budget and achieved bits
+    specs, allocation = plan_specs(method, all_linear, sensitivity["scores"] if sensitivity else None)
 
     per_layer: dict[str, dict[str, Any]] = {}
     grids: dict[str, Any] = {}
@@ -155,11 +153,11 @@ def quantize_sequential(
                     quantize_one(mr, name, mod, specs[name], per_layer, grids)
             inps = run_block(layer, inps, kwargs[i])  # the quantized layer's outputs feed the next one
     hook.harness_phase_end(run=run, phase="quantize", seconds=time.perf_counter() - t0)
-    summary = {**summarize(all_linear, specs, per_layer), "grids": grids}
+    summary = summarize(all_linear, specs, per_layer)
     if sensitivity is not None:
         summary["sensitivity"] = {"cached": sensitivity["cached"], "seconds": sensitivity["seconds"],
                                   "scores": sensitivity["scores"],
                                   **({"tables": sensitivity["tables"]} if "tables" in sensitivity else {})}
     if allocation is not None:
         summary["allocation"] = allocation
-    return summary
+    return Quantized(summary, grids)

@@ -1,1 +1,1 @@
-"""Built-in observers (pluggy plugins): the record writer, the rich console and W&B."""
+"""Built-in observers (pluggy plugins): the rich console and W&B. They only read; the run writes its record."""

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from harness.quantize.layers import StopForward, family
-from methods.aptq import Aptq, AptqConfig, find_o_proj
-from methods.gptq import Gptq, GptqConfig
+from methods.aptq import Aptq, find_o_proj
+from methods.gptq import Gptq
 
 
 @torch.no_grad()
@@ -76,7 +76,7 @@ def perturbation_study(block: nn.Module, inps: torch.Tensor, kwargs: dict[str, A
     mods = {n: m for n, m in block.named_modules() if n.rsplit(".", 1)[-1] in targets}
     attention = family(block).attention
     assert all(t in attention for t in targets), f"targets must be among {attention}"
-    aptq, gptq = Aptq(AptqConfig(probes=probes, seed=seed)), Gptq(GptqConfig())
+    aptq, gptq = Aptq(Aptq.default_config(probes=probes, seed=seed)), Gptq(Gptq.default_config())
     aptq.collect(block, mods, inps, kwargs)
     gptq.collect(block, mods, inps, kwargs)
     H = {"aptq": aptq.H, "gptq": gptq.H}  # name → (d_in, d_in)

@@ -1,5 +1,6 @@
 """Hydra callback: render the paper-style tables, plots and the HTML page once, after a multirun sweep
-(in the launching process, after every job has finished)."""
+(in the launching process, after every job has finished). It belongs to the command line, beside
+``cli.py`` (it drives ``harness.results``), not to the plugin layer below the results."""
 from __future__ import annotations
 
 import logging
