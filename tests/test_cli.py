@@ -93,18 +93,19 @@ def test_report_entry_point_answers_help(run_cli):
 def test_sweep_callback_renders_once_into_the_sweeps_wandb_group_and_never_raises(tmp_path, monkeypatch, caplog):
     """``RenderTables.on_multirun_end``: one render of ``results_dir``, the sweep dir as the W&B group; a
     failing render is a warning that names the command to run later, never an exception (the records are safe)."""
-    from harness.plugins.callbacks import RenderTables
     from omegaconf import OmegaConf
 
+    from harness.callbacks import RenderTables
+
     calls = []
-    monkeypatch.setattr("harness.results.report.render", lambda folder, **kw: calls.append((folder, kw)) or {})
+    monkeypatch.setattr("harness.results.report.render", lambda folder, options: calls.append((folder, options)) or {})
     cfg = OmegaConf.create({"results_dir": str(tmp_path), "wandb": {"mode": "disabled", "group": None},
                             "hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
     RenderTables().on_multirun_end(cfg)
     assert len(calls) == 1 and calls[0][0] == tmp_path
-    assert calls[0][1]["wandb"]["group"] == (tmp_path / "sweep").as_posix()
+    assert calls[0][1].wandb["group"] == (tmp_path / "sweep").as_posix()
 
-    def fail(folder, **kw):
+    def fail(folder, options):
         raise OSError("disk full")
 
     monkeypatch.setattr("harness.results.report.render", fail)
