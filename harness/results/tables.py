@@ -162,7 +162,7 @@ def _merge_seeds(per_seed: dict[str, dict[Column, Cell]]) -> dict[Column, Cell]:
     if len(per_seed) == 1:
         return next(iter(per_seed.values()))
     out: dict[Column, Cell] = {}
-    columns = {c for cells in per_seed.values() for c in cells}
+    columns = list(dict.fromkeys(c for cells in per_seed.values() for c in cells))  # first seen first: deterministic
     for col in columns:
         having = [cells[col] for _, cells in sorted(per_seed.items()) if col in cells]
         if len(having) == 1:
