@@ -42,7 +42,7 @@ cat "$OUT/device.txt"
 step tests 150 "$PY" -m pytest -q -m gpu tests/test_kernels.py tests/test_qlinear.py \
   --junitxml="$OUT/tests.xml" -p no:cacheprovider
 # 2. Kernel benchmark: outputs checked first; cold (rotating > L2) and warm; fp16 and torch int4 side by side.
-step kernels 110 "$PY" benchmarks/kernels.py --quick --out "$OUT"
+step kernels 110 "$PY" benchmarks/kernel_speed.py --quick --out "$OUT"
 # 3. Decode: one token's forward replayed from a CUDA graph (GPU time, no Python), LLaMA-7B shapes, with
 #    the fixed default kernel configurations (tuning 3 shapes × 2 bit widths would take minutes).
 step decode 90 env HARNESS_AUTOTUNE=0 "$PY" benchmarks/decode.py --models llama7b --variants fp16,int4,int2 \

@@ -18,8 +18,8 @@ from harness.run import execute
 from methods.aptq import Aptq, attention_graph
 from methods.gptq import Gptq
 
-# the benchmark's helper, checked here; appended last so that benchmarks/kernels.py cannot shadow the `kernels`
-# package transformers looks for
+# the benchmark's helper, checked here (benchmarks/ holds no module named like a package transformers imports:
+# the kernel timing script is kernel_speed.py, not kernels.py, which shadowed Hugging Face's `kernels`)
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from hessian_check import perturbation_study  # noqa: E402
 

@@ -18,7 +18,7 @@ per-(device, stream) cache (``_counters``), zeroed once.
 Only this module and the kernel modules it imports import Triton. The public entry is the
 ``torch.library`` op ``harness::quant_matmul`` in ``harness.packed.ops``, which imports this module only
 when a kernel runs (CUDA tensors, or the interpreter on CPU). Speed and static instruction counts are
-measured by ``benchmarks/kernels.py`` and ``benchmarks/kernel_sass.py``, not recorded here.
+measured by ``benchmarks/kernel_speed.py`` and ``benchmarks/kernel_sass.py``, not recorded here.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Kernel benchmark: packed 2/4-bit dequant-matmul vs torch fp16 matmul on LLaMA-7B shapes.
 
-    python benchmarks/kernels.py                 # on a CUDA machine: the full table (a few minutes: autotuning)
-    python benchmarks/kernels.py --quick         # fewer shapes / M values
-    python benchmarks/kernels.py --smoke         # CPU: tiny shapes through the Triton interpreter (checks the
+    python benchmarks/kernel_speed.py                 # on a CUDA machine: the full table (a few minutes: autotuning)
+    python benchmarks/kernel_speed.py --quick         # fewer shapes / M values
+    python benchmarks/kernel_speed.py --smoke         # CPU: tiny shapes through the Triton interpreter (checks the
                                                  # script and the kernels, timings meaningless)
 
 For each (K, N) of LLaMA-7B (4096×4096 q/k/v/o, 4096→11008 gate/up, 11008→4096 down) and
@@ -155,7 +155,7 @@ def main() -> int:
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     elif not torch.cuda.is_available():
-        print("no GPU: benchmarks/kernels.py times CUDA kernels and there is no CUDA device here; nothing measured "
+        print("no GPU: benchmarks/kernel_speed.py times CUDA kernels and there is no CUDA device here; nothing measured "
               "(run it on a GPU machine, or --smoke to exercise the script on CPU)")
         return 0
     from harness.packed.ops import quant_matmul  # after TRITON_INTERPRET is set
