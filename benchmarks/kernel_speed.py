@@ -155,8 +155,8 @@ def main() -> int:
     if args.smoke:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     elif not torch.cuda.is_available():
-        print("no GPU: benchmarks/kernel_speed.py times CUDA kernels and there is no CUDA device here; nothing measured "
-              "(run it on a GPU machine, or --smoke to exercise the script on CPU)")
+        print("no GPU: benchmarks/kernel_speed.py times CUDA kernels and there is no CUDA device here; nothing "
+              "measured (run it on a GPU machine, or --smoke to exercise the script on CPU)")
         return 0
     from harness.packed.ops import quant_matmul  # after TRITON_INTERPRET is set
     from harness.packed.packing import dequantize_packed, reference_matmul
