@@ -269,9 +269,19 @@ def coverage_block(spec: dict[str, Any], ctx: Context) -> str:
                                                f"resamples each; `{data['command']}`.\n")
 
 
+def window_layout_block(spec: dict[str, Any], ctx: Context) -> str:
+    """Consecutive vs spread windows, from ``benchmarks/window_layout.py``'s JSON."""
+    data = json.loads((REPO_ROOT / spec["file"]).read_text(encoding="utf-8"))
+    rows = [[x["layout"], str(x["windows"]), f"{fmt_value(x['ppl'])} ± {fmt_half(x['half_width'])}",
+             f"{x['lag1']:+.2f} / {x['lag2']:+.2f} / {x['lag3']:+.2f}", str(x["block"])] for x in data["layouts"]]
+    return md(["WikiText-2 windows (FP16)", "windows", "ppl ± h", "autocorrelation, lag 1 / 2 / 3", "block length"],
+              rows) + f"\n`{data['command']}`: {data['seqlen']}-token windows, every window scored once.\n"
+
+
 KINDS: dict[str, Callable[[dict[str, Any], Context], str]] = {
     "rows": rows_block, "paired": paired_block, "zeroshot": zeroshot_block, "allocation": allocation_block,
     "intervals": intervals_block, "sensitivity": sensitivity_block, "coverage": coverage_block,
+    "window_layout": window_layout_block,
 }
 
 
