@@ -39,6 +39,7 @@ from harness.results import allocation, stats
 from harness.results.compare import compare, resolve
 from harness.results.formats import md_table
 from harness.results.records import REFERENCE_DIR, load_records
+from harness.results.tables import fmt_half
 from harness.util import REPO_ROOT
 
 SPEC_FILE = REPO_ROOT / "docs" / "published.yaml"
@@ -47,11 +48,6 @@ BLOCK = re.compile(r"(?P<open><!-- generated:(?P<name>[\w.-]+)[^>]*-->\n)(?P<bod
                    r"(?P<close><!-- /generated:(?P=name) -->)", re.DOTALL)
 TASK_NAMES = {"wikitext2": "WikiText-2", "c4": "C4", "piqa": "PIQA", "hellaswag": "HellaSwag", "arc_easy": "ARC-E",
               "arc_challenge": "ARC-C", "winogrande": "WinoGrande", "mean": "mean"}
-
-
-def fmt_half(h: float) -> str:
-    """Two significant digits (the report's display style for a half-width or a std)."""
-    return f"{h:.0f}" if h >= 100 else f"{h:.2g}"
 
 
 def fmt_value(v: float) -> str:
@@ -81,18 +77,23 @@ class Context:
     def get(self, selector: str) -> dict[str, Any]:
         return resolve(selector, self.folder, self.records)
 
+    def ppl(self, rec: dict[str, Any], task: str) -> tuple[float, stats.Interval | None]:
+        """A record's perplexity on ``task`` and its interval (computed once per record and task:
+        several blocks show the same records)."""
+        key = ("ppl", rec["run_id"], task)
+        if key not in self.memo:
+            m = rec["metrics"][task]
+            raw = m.get("window_nll")
+            self.memo[key] = (float(m["ppl"]),
+                              stats.ppl_interval(raw, stats.seed_for(rec["run_id"], task)) if raw else None)
+        return self.memo[key]
+
     def versus_random(self, match: str) -> list[dict[str, Any]]:
         """``allocation.versus_random`` of the records whose label contains ``match`` (computed once)."""
         if match not in self.memo:
             recs = allocation.newest([r for r in self.records if match in r["method"]["label"]])
             self.memo[match] = (recs, allocation.versus_random(recs))
         return self.memo[match]
-
-
-def _ppl(rec: dict[str, Any], task: str) -> tuple[float, stats.Interval | None]:
-    m = rec["metrics"][task]
-    raw = m.get("window_nll")
-    return float(m["ppl"]), stats.ppl_interval(raw, stats.seed_for(rec["run_id"], task)) if raw else None
 
 
 def _bits(rec: dict[str, Any]) -> str:
@@ -107,7 +108,7 @@ def rows_block(spec: dict[str, Any], ctx: Context) -> str:
         recs = [ctx.get(s) for s in _as_list(row["select"])]
         cells = []
         for t in tasks:
-            vals = [_ppl(r, t) for r in recs if t in r["metrics"]]
+            vals = [ctx.ppl(r, t) for r in recs if t in r["metrics"]]
             if not vals:
                 cells.append("–")
             elif len(vals) == 1:
@@ -195,12 +196,12 @@ def allocation_block(spec: dict[str, Any], ctx: Context) -> str:
     tests = {(t["run_id"], t["task"]): t for t in found}
     runs = sorted((r for r in recs if r["method"]["name"] == "aptq" and allocation.budget(r) == want
                    and not allocation.is_random(r) and allocation.window_nll(r, "wikitext2")),
-                  key=lambda r: _ppl(r, "wikitext2")[0] if "wikitext2" in r["metrics"] else math.inf)
+                  key=lambda r: ctx.ppl(r, "wikitext2")[0] if "wikitext2" in r["metrics"] else math.inf)
     rows = []
     for r in runs:
         cells, vs = [], []
         for t in allocation.TASKS:
-            v, iv = _ppl(r, t)
+            v, iv = ctx.ppl(r, t)
             cells.append(f"{fmt_value(v)} ± {fmt_half(iv.half_width()) if iv else '–'}")
             x = tests.get((r["run_id"], t))
             vs.append("–" if x is None else versus_text(x))
@@ -209,7 +210,7 @@ def allocation_block(spec: dict[str, Any], ctx: Context) -> str:
     if draws:
         cells = []
         for t in allocation.TASKS:
-            vals = [_ppl(d, t)[0] for d in draws]
+            vals = [float(d["metrics"][t]["ppl"]) for d in draws]
             geo = math.exp(sum(map(math.log, vals)) / len(vals))
             cells.append(f"{fmt_value(geo)} (geometric mean; {fmt_value(min(vals))}–{fmt_value(max(vals))})")
         rows.append([f"random draws (k = {len(draws)})", *cells, "", ""])
@@ -236,7 +237,7 @@ def intervals_block(spec: dict[str, Any], ctx: Context) -> str:
         for t in tasks:
             m = rec["metrics"][t]
             old = m.get("ppl_ci") or {}
-            v, iv = _ppl(rec, t)
+            v, iv = ctx.ppl(rec, t)
             was = (old["high"] - old["low"]) / 2 if old else math.nan
             cells.append(f"{fmt_value(v)}: ± {fmt_half(was)} → ± {fmt_half(iv.half_width())} (b = {iv.block}, "
                          f"×{iv.half_width() / was:.1f})")

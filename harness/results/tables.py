@@ -21,6 +21,11 @@ from harness.results import stats
 from harness.results.records import LEGACY_PRIMARY, row_label, seed_of, task_protocol
 
 
+def fmt_half(h: float) -> str:
+    """A half-width or a std with two significant digits (the one display style for ``± h``)."""
+    return f"{h:.0f}" if h >= 100 else f"{h:.2g}"
+
+
 @dataclass(frozen=True)
 class Column:
     """One table column: a task's (or a suite member's) primary metric, with its direction and format."""
@@ -38,9 +43,8 @@ class Column:
         return f"{value:.2f}" if value < 1e4 else f"{value:.2e}"
 
     def fmt_half(self, half: float) -> str:
-        """An interval's half-width (or a std) with two significant digits, in the column's unit."""
-        h = 100 * half if self.percent else half
-        return f"{h:.0f}" if h >= 100 else f"{h:.2g}"
+        """An interval's half-width (or a std) in the column's unit (``fmt_half``)."""
+        return fmt_half(100 * half if self.percent else half)
 
     def arrow(self) -> str:
         return "↓" if self.lower_is_better else "↑"
