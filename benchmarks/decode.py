@@ -38,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _jsonl import dry_run, emit  # noqa: E402
 
 LLAMA7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
            "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
@@ -54,13 +57,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--smoke", action="store_true", help="CPU, tiny random model, eager only")
+    p.add_argument("--layers", type=int, default=None,
+                   help="decoder layers of the random-weight models (llama7b: 32); tokens/s of a shorter stack")
     p.add_argument("--cache-dir", default=os.environ.get("HARNESS_CACHE", "~/.cache/quant-harness"))
     p.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
     return p.parse_args()
 
 
-def build(model_name: str, device: str, cache_dir: Path):
-    """fp16 model on ``device`` (fp32 in smoke mode, on CPU)."""
+def build(model_name: str, device: str, cache_dir: Path, layers: int | None = None):
+    """fp16 model on ``device`` (fp32 in smoke mode, on CPU); ``layers`` shortens a random-weight stack."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -73,6 +78,7 @@ def build(model_name: str, device: str, cache_dir: Path):
         model, _, _ = load_model(cfg, device, cache_dir)
     else:
         arch = dict(LLAMA7B if model_name == "llama7b" else TINY)
+        arch["num_hidden_layers"] = layers or arch["num_hidden_layers"]
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
         torch.manual_seed(0)
         with torch.device(device):
@@ -182,6 +188,7 @@ def decode(model, mode: str, prompt: int, new: int, device: str) -> float:
 
 def main() -> int:
     args = parse()
+    args.smoke = args.smoke or dry_run()  # the GPU check's dry run (scripts/gpu_check.py)
     import torch
 
     if not args.smoke and not torch.cuda.is_available():
@@ -191,7 +198,7 @@ def main() -> int:
     device = "cpu" if args.smoke else "cuda"
     models = ["tiny"] if args.smoke else args.models.split(",")
     modes = ["eager"] if args.smoke else args.modes.split(",")  # CUDA graphs need CUDA
-    new = 8 if args.smoke else args.new_tokens
+    new = min(8, args.new_tokens) if args.smoke else args.new_tokens
     name = "cpu-smoke" if args.smoke else torch.cuda.get_device_name()
     rows = []
     for model_name in models:
@@ -202,14 +209,14 @@ def main() -> int:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
                 torch._dynamo.reset()
-                model = build(model_name, device, Path(args.cache_dir).expanduser())
+                model = build(model_name, device, Path(args.cache_dir).expanduser(), args.layers)
                 if variant != "fp16":
                     quantize_pack(model, variant, group)
                 if device == "cuda":
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
                 row = {"model": model_name, "variant": variant, "mode": mode, "group_size": group,
-                       "weight_MB": weight_bytes(model) / 2**20}
+                       "layers": model.config.num_hidden_layers, "weight_MB": weight_bytes(model) / 2**20}
                 try:
                     row["tokens_per_s"] = decode(model, mode, args.prompt, new, device)
                 except Exception as err:  # noqa: BLE001 - report and go on
@@ -217,7 +224,7 @@ def main() -> int:
                 if device == "cuda":
                     row["peak_gpu_MB"] = torch.cuda.max_memory_allocated() / 2**20
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                emit("decode", **row)
                 del model
                 gc.collect()
     head = ("model", "variant", "mode", "weights MB", "peak GPU MB", "tok/s", "x fp16")

@@ -14,7 +14,8 @@ layer stays in the 50 MB L2), and *cold*, calls rotating over enough copies of t
 the L2 size, so that weights come from HBM as in a real decode step. Achieved GB/s = bytes that must
 move (packed weights + fp16 scales/zeros + x + y) / cold time, percent of the *measured* peak bandwidth
 (a device-to-device copy timed in the same run), and speedup over ``torch.nn.functional.linear`` in fp16
-(cold vs cold). Rows: fp16, ours 4/2-bit, torch's own int4 kernel (``torch.ops.aten._weight_int4pack_mm``,
+(cold vs cold); every contender, peers included, rotates over its own copies for the cold time.
+Rows: fp16, ours 4/2-bit, torch's own int4 kernel (``torch.ops.aten._weight_int4pack_mm``,
 bf16 activations, same weights), and GemLite 4/2-bit when ``gemlite`` is importable (install its wheel
 with ``pip install --no-deps gemlite-*.whl``).
 A last table times one LLaMA-7B decoder block's seven linears with an APTQ-style 2/4 mix (up_proj at
@@ -148,6 +149,14 @@ def gemlite_linear(bits: int, group: int, K: int, N: int, codes, scales, zeros):
         return f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
 
 
+def gemlite_layers(n: int, bits: int, group: int, K: int, N: int, codes, scales, zeros):
+    """``n`` GemLite layers holding the same weights (rotated over for the cold time), or the error text."""
+    first = gemlite_linear(bits, group, K, N, codes, scales, zeros)
+    if isinstance(first, str):
+        return first
+    return [first] + [gemlite_linear(bits, group, K, N, codes, scales, zeros) for _ in range(n - 1)]
+
+
 def main() -> int:
     args = parse()
     import torch
@@ -182,8 +191,8 @@ def main() -> int:
         for bits in (4, 2):
             n = copies_for_cold(layers[bits][0].numel() * 4, args.smoke)
             packs[bits] = [layers[bits][:3]] + [tuple(t.clone() for t in layers[bits][:3]) for _ in range(n - 1)]
-        peers = {} if args.smoke else {bits: gemlite_linear(bits, group, K, N, *[layers[bits][i] for i in (3, 1, 2)])
-                                       for bits in (4, 2)}
+        peers = {} if args.smoke else {bits: gemlite_layers(len(packs[bits]), bits, group, K, N,
+                                                            *[layers[bits][i] for i in (3, 1, 2)]) for bits in (4, 2)}
         tiny = None if args.smoke else torch_int4(layers[4][3], layers[4][1], layers[4][2], group, device)
         for M in Ms:
             x = torch.randn(M, K, dtype=dtype, device=device)
@@ -197,13 +206,14 @@ def main() -> int:
                 cands.append((f"int{bits} ours", lambda x, q, s, z, bits=bits: quant_matmul(x, q, s, z, bits, group),
                               [(x, *p) for p in packs[bits]], ref, nbytes))
                 peer = peers.get(bits)
-                if peer is not None and not isinstance(peer, str):
-                    cands.append((f"int{bits} gemlite", lambda x, peer=peer: peer(x), [(x,)], ref, nbytes))
+                if peer is not None and not isinstance(peer, str):  # as many layers as ours rotate over: cold too
+                    cands.append((f"int{bits} gemlite", lambda x, peer: peer(x), [(x, p) for p in peer], ref, nbytes))
             if tiny is not None and not isinstance(tiny, str):
                 xb = x.to(torch.bfloat16)
                 ref = reference_matmul(xb, *layers[4][:3], 4, group)
+                copies = [tiny] + [tuple(t.clone() for t in tiny) for _ in range(len(packs[4]) - 1)]
                 cands.append(("int4 torch", lambda xb, w, sz: torch.ops.aten._weight_int4pack_mm(xb, w, group, sz),
-                              [(xb, *tiny)], ref, nbytes_int4(K, N, group, io)))
+                              [(xb, *c) for c in copies], ref, nbytes_int4(K, N, group, io)))
             t16 = None
             for kernel, call, arglist, ref, nbytes in cands:
                 try:
