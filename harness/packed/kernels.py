@@ -13,7 +13,11 @@
 Split-K is deterministic in both: each split stores an fp32 partial, and the last split of an output
 tile to arrive (an acq_rel counter per tile) sums the partials in split order, writes y and resets its
 counter, so no memset kernel runs and repeated calls are bitwise identical. The counters live in a
-per-(device, stream) cache (``_counters``), zeroed once.
+per-(device, stream) cache (``_counters``), zeroed once, and are tagged with a per-launch epoch
+(``harness.packed.common.split_k_reduce``): a launch that dies half-way leaves counts of its own epoch,
+which the next launch (a larger epoch) wipes instead of adding to. The epoch is a kernel argument, so a
+CUDA graph replays the epoch it captured; graphs are safe as long as the launches they replay complete
+(a kernel that dies on a GPU leaves the CUDA context unusable anyway).
 
 Only this module and the kernel modules it imports import Triton. The public entry is the
 ``torch.library`` op ``harness::quant_matmul`` in ``harness.packed.ops``, which imports this module only
@@ -26,6 +30,7 @@ import torch
 import triton
 
 from harness.packed import gemm, gemv
+from harness.packed.common import COUNT_BITS
 from harness.packed.packing import codes_per_word
 from harness.packed.switches import autotune_enabled, half2_enabled, interpreting
 from harness.packed.tuning import (
@@ -44,19 +49,38 @@ __all__ = ["KernelConfig", "launch"]
 
 
 
-_COUNTERS: dict[tuple, torch.Tensor] = {}  # (device, stream) → zeroed int32 split-K arrival counters
+_COUNTERS: dict[tuple, torch.Tensor] = {}  # (device, stream) → int32 split-K arrival counters
+_EPOCHS: dict[tuple, int] = {}  # (device, stream) → the epoch of the last launch on those counters
+MAX_EPOCH = (1 << (31 - COUNT_BITS)) - 1  # (epoch << COUNT_BITS) | arrivals stays a positive int32
+
+
+def _key(device: torch.device) -> tuple:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    return str(device), stream
 
 
 def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """At least ``n`` int32 split-K counters for the current stream of ``device``, zero between launches
-    (each launch leaves them at zero): allocated and zeroed once, not per call. One set per stream, so
-    concurrent launches on two streams never share a counter."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
+    """At least ``n`` int32 split-K counters for the current stream of ``device``, zero between completed
+    launches (each launch leaves them at zero): allocated and zeroed once, not per call. One set per
+    stream, so concurrent launches on two streams never share a counter."""
+    key = _key(device)
     cnt = _COUNTERS.get(key)
     if cnt is None or cnt.numel() < n:
         cnt = _COUNTERS[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
     return cnt
+
+
+def _next_epoch(device: torch.device, cnt: torch.Tensor) -> int:
+    """The epoch of the next launch on ``cnt`` (1, 2, …). At the 2^23rd the counters are zeroed (a
+    stream-ordered memset, once per 8·10⁶ launches) and the epochs start again, so a stale count never
+    carries a larger epoch than a later launch's."""
+    key = _key(device)
+    epoch = _EPOCHS.get(key, 0) + 1
+    if epoch > MAX_EPOCH:
+        cnt.zero_()
+        epoch = 1
+    _EPOCHS[key] = epoch
+    return epoch
 
 
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
@@ -83,15 +107,16 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     part = torch.empty((split, M, N) if split > 1 else (1,), device=x.device, dtype=torch.float32)
     cnt = _counters(x.device, triton.cdiv(M, 16) * triton.cdiv(N, 16))  # ≥ the tiles of any config
+    epoch = _next_epoch(x.device, cnt)
     common = dict(BITS=bits, GROUP=group)
     if is_gemv:
         common.update(HALF2=half2_enabled(x), PTX=not interpreting())
         if tuned:
             gemv_tuned[lambda m: (triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])](
-                x, qweight, scales, zeros, out, part, cnt, N, K, 1, **common)
+                x, qweight, scales, zeros, out, part, cnt, epoch, N, K, 1, **common)
         else:
             grid = (triton.cdiv(N, cfg.block_n), cfg.split_k)
-            gemv.gemv_even[grid](x, qweight, scales, zeros, out, part, cnt, N, K, 1, **common, **cfg.meta(True),
+            gemv.gemv_even[grid](x, qweight, scales, zeros, out, part, cnt, epoch, N, K, 1, **common, **cfg.meta(True),
                                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         mb = m_bucket(M)
@@ -99,9 +124,10 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
         common.update(HALF2=half2_enabled(x), PTX=not interpreting())
         if tuned:
             gemm_tuned[lambda m: (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])](
-                x, qweight, scales, zeros, out, part, cnt, M, N, K, x.stride(0), out.stride(0), mb, **common)
+                x, qweight, scales, zeros, out, part, cnt, epoch, M, N, K, x.stride(0), out.stride(0), mb, **common)
         else:
             grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), cfg.split_k)
-            gemm.gemm_kernel[grid](x, qweight, scales, zeros, out, part, cnt, M, N, K, x.stride(0), out.stride(0),
-                                   mb, **common, **cfg.meta(False), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            gemm.gemm_kernel[grid](x, qweight, scales, zeros, out, part, cnt, epoch, M, N, K, x.stride(0),
+                                   out.stride(0), mb, **common, **cfg.meta(False), num_warps=cfg.num_warps,
+                                   num_stages=cfg.num_stages)
     return out

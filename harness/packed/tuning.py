@@ -162,12 +162,13 @@ def sass_configs(kernel: str, bits: int, group: int, quick: bool = False):
     for bm, bn, bk, w, stages in space:
         ce = dict(BITS=bits, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1)
         if is_gemv:
-            types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "K": "i32", "M_BUCKET": "i32"}
+            types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "epoch": "i32", "N": "i32", "K": "i32",
+                     "M_BUCKET": "i32"}
             ce.update(HALF2=True, PTX=True, EVEN=True, STAGES=stages)
             yield gemv.gemv_kernel, types, ce, w, stages, bits, group, bk, bn
         else:
             types = {**_PTRS, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
                      "M_BUCKET": "i32"}
-            types.update(part_ptr="*fp32", cnt_ptr="*i32")
+            types.update(part_ptr="*fp32", cnt_ptr="*i32", epoch="i32")
             ce.update(BLOCK_M=bm, GROUP_M=8, DOT_F32=False, HALF2=True, PTX=True)
             yield gemm.gemm_kernel, types, ce, w, stages, bits, group, bk, bn
