@@ -87,7 +87,9 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
            group_size: int, config: KernelConfig | None = None) -> torch.Tensor:
     """Run the Triton kernel: x (M, K) fp16/bf16/fp32 → (M, N) in x's dtype.
 
-    ``config=None`` autotunes (unless disabled: ``harness.packed.switches``); a given config runs as is
+    ``config=None`` runs a shipped configuration (measured on this GPU, else chosen by the static model:
+    ``harness.packed.tuning``), else autotunes if asked (``HARNESS_AUTOTUNE=1``), else the fixed default;
+    a given config runs as is
     (tests use it to cover split-K, masking and several block shapes). Split-K partials go to an fp32
     workspace (SPLIT_K, M, N), uninitialised: every split writes its part before the last one reads.
     """
@@ -99,8 +101,8 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     group = 0 if group_size == -1 or group_size == K else group_size
     x = x.contiguous()
     is_gemv = M == 1 and (group == 0 or group >= 2 * P)  # a GEMV block holds two words a column (2-bit g16: GEMM)
-    if config is None and autotune_enabled():
-        config = shipped_config(is_gemv, x, N, K, bits, group)  # a shipped tuning beats tuning here
+    if config is None:
+        config = shipped_config(is_gemv, x, N, K, bits, group)  # measured, else the static model's; CUDA only
     tuned = config is None and autotune_enabled()
     cfg = fit(config or (DEFAULT_GEMV if is_gemv else DEFAULT_GEMM), group)
     split = MAX_SPLIT_K if tuned else cfg.split_k
