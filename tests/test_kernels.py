@@ -214,13 +214,52 @@ def test_gemv_activation_spikes_and_half2_switch(bits, half2, device, monkeypatc
     assert err <= 2e-3 * ref.abs().max().item(), err  # fp16 output rounding (2⁻¹¹) plus the half2 sums'
 
 
+LLAMA_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (N, K)
+
+
+def test_static_table_covers_the_llama_shapes():
+    """Issue 26: every LLaMA-7B layer shape × bits × group × M ≤ 16 has a configuration chosen by the static
+    model, so no launch there autotunes or falls back to the fixed default."""
+    from harness.packed.tuning import static_config
+
+    for N, K in LLAMA_SHAPES:
+        for bits in (4, 2):
+            for group in (128, 0):
+                for M in (1, 2, 3, 5, 8, 16):
+                    c = static_config(M == 1, M, N, K, bits, group)
+                    assert c is not None and c.split_k <= 255, (N, K, bits, group, M)  # COUNT_BITS = 8
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+def test_static_table_configs_run_right(kernel, device):
+    """Each distinct configuration of the static table (its tiles, warps, stages and split, up to 32 splits),
+    run on a shape of a few of its tiles against the reference; K has fewer blocks than some splits, so
+    empty splits (zero partials) are covered too."""
+    from harness.packed.tuning import _static
+
+    seen = set()
+    for (kern, mb, _, _, bits, group), c in sorted(_static().items(), key=str):
+        if kern != kernel or (c, bits, group) in seen:
+            continue
+        seen.add((c, bits, group))
+        g = group or -1
+        K = 4 * (min(c.block_k, group) if group else c.block_k)
+        N = 2 * c.block_n if kernel == "gemm" else c.block_n
+        _, q, s, z = packed(N, K, bits, g, seed=bits + N, device=device)
+        x = torch.randn(1 if kernel == "gemv" else min(mb, 3), K, generator=torch.Generator().manual_seed(1))
+        check(x.to(device, torch.float16), q, s, z, bits, g, c)
+    assert seen
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("bits,group_size,dtype,M", [(4, 128, torch.float16, 1), (2, -1, torch.float16, 1),
                                                      (4, 128, torch.bfloat16, 16), (2, 128, torch.float16, 300)])
-def test_autotuned_kernel_on_gpu(bits, group_size, dtype, M):
+def test_autotuned_kernel_on_gpu(bits, group_size, dtype, M, monkeypatch):
     """The autotuned path on a few keys (each key tunes ~20 configurations; the fixed-config matrix above
-    covers the rest of bits × group × dtype × M)."""
+    covers the rest of bits × group × dtype × M). Autotuning runs only on request."""
+    monkeypatch.setenv("HARNESS_AUTOTUNE", "1")
     _, q, s, z = packed(384, 1024, bits, group_size, device="cuda")
     x = torch.randn(M, 1024, device="cuda", dtype=dtype)
     check(x, q, s, z, bits, group_size)  # config=None: the autotuned path
