@@ -101,8 +101,8 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     group = 0 if group_size == -1 or group_size == K else group_size
     x = x.contiguous()
     is_gemv = M == 1 and (group == 0 or group >= 2 * P)  # a GEMV block holds two words a column (2-bit g16: GEMM)
-    if config is None:
-        config = shipped_config(is_gemv, x, N, K, bits, group)  # measured, else the static model's; CUDA only
+    if config is None:  # measured, else (unless tuning was asked for) the static model's choice; CUDA only
+        config = shipped_config(is_gemv, x, N, K, bits, group, static=not autotune_enabled())
     tuned = config is None and autotune_enabled()
     cfg = fit(config or (DEFAULT_GEMV if is_gemv else DEFAULT_GEMM), group)
     split = MAX_SPLIT_K if tuned else cfg.split_k

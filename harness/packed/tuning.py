@@ -7,7 +7,7 @@ Which configuration a launch without one runs, first match wins (no compilation 
 2. ``static_configs.json``: chosen for sm_90 (H100/H200, 132 SMs) by the static model of
    ``benchmarks/kernel_sass.py --ship`` (SASS instruction counts, occupancy, waves, latency) for LLaMA-7B's
    three layer shapes and M buckets 1–16, without a GPU;
-3. with ``HARNESS_AUTOTUNE=1`` only: autotuning (``triton.autotune``, results cached on disk by Triton)
+3. with ``HARNESS_AUTOTUNE=1`` only (then in place of 2: a measurement beats the model): autotuning (``triton.autotune``, results cached on disk by Triton)
    over a pruned space (``_prune``) keyed on (M bucket, N, K, bits, group size);
 4. the fixed defaults ``DEFAULT_GEMV`` / ``DEFAULT_GEMM``.
 
@@ -151,14 +151,16 @@ def _shipped(path: str = str(TUNED_TABLE)) -> dict:
             KernelConfig(**e["config"]) for e in entries}
 
 
-def shipped_config(is_gemv: bool, x: torch.Tensor, N: int, K: int, bits: int, group: int) -> KernelConfig | None:
-    """A configuration measured on this GPU model (``tuned_configs.json``), else the static model's choice
-    (``static_configs.json``), if either has this shape; CUDA only (the interpreter runs fixed configs)."""
+def shipped_config(is_gemv: bool, x: torch.Tensor, N: int, K: int, bits: int, group: int,
+                   static: bool = True) -> KernelConfig | None:
+    """A configuration measured on this GPU model (``tuned_configs.json``), else (``static``) the static
+    model's choice (``static_configs.json``), if either has this shape; CUDA only (the interpreter runs
+    fixed configurations)."""
     if x.device.type != "cuda":
         return None
     key = (torch.cuda.get_device_name(x.device), "gemv" if is_gemv else "gemm", m_bucket(x.shape[0]), N, K, bits,
            group, str(x.dtype).removeprefix("torch."))
-    return _shipped().get(key) or static_config(is_gemv, x.shape[0], N, K, bits, group)
+    return _shipped().get(key) or (static_config(is_gemv, x.shape[0], N, K, bits, group) if static else None)
 
 
 def export_tuned(device_name: str) -> list[dict]:
