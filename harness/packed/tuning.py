@@ -8,7 +8,8 @@ Which configuration a launch without one runs, first match wins (no compilation 
    ``benchmarks/kernel_sass.py --ship`` (SASS instruction counts, occupancy, waves, latency) for LLaMA-7B's
    three layer shapes and M buckets 1–16, without a GPU;
 3. with ``HARNESS_AUTOTUNE=1`` only (then in place of 2: a measurement beats the model): autotuning
-   (``triton.autotune``, results cached on disk by Triton) over a pruned space (``_prune``) keyed on (M bucket, N, K, bits, group size);
+   (``triton.autotune``, results cached on disk by Triton) over a pruned space (``_prune``) keyed on
+   (M bucket, N, K, bits, group size);
 4. the fixed defaults ``DEFAULT_GEMV`` / ``DEFAULT_GEMM``.
 
 Tuning is never on under ``TRITON_INTERPRET=1`` (``harness.packed.switches``).
