@@ -49,7 +49,8 @@ a shape (N, K, M, SPLIT_K) the model also counts what the grid and the resources
 *CTAs* = output tiles × SPLIT_K. *Resident CTAs per SM* r = min(32, 64 warps ÷ warps a CTA, 65 536
 registers ÷ (registers a thread rounded up to 8 × 32 × warps), 228 KiB ÷ (shared memory a CTA + 1 KiB
 reserved)) — sm_90's limits (CUDA occupancy rules); the limiter is printed. *Waves* = CTAs ÷ (132 · r);
-*wave efficiency* = waves ÷ ⌈waves⌉ (below one wave: the fraction of the resident slots the grid uses). Within a wave of n CTAs spread evenly over min(132, n) SMs, an SM
+*wave efficiency* = waves ÷ ⌈waves⌉ (below one wave: the fraction of the
+resident slots the grid uses). Within a wave of n CTAs spread evenly over min(132, n) SMs, an SM
 with w resident warps feeds min(4, w) of its 4 schedulers, each issuing at most one warp instruction per
 clock (1.98 GHz boost; optimistic: a lone warp stalls on its own dependences), and the wave moves weights at
 
