@@ -60,3 +60,65 @@ def test_counts_are_deterministic():
                            timeout=900).stdout.strip().splitlines()[-1:] for _ in range(2)]
     assert outs[0] != ['"no ptxas"'], "benchmarks/kernel_sass.py finds no ptxas where tests/conftest.py found one"
     assert outs[0] == outs[1] and outs[0]
+
+
+MODEL_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, "benchmarks")
+import kernel_sass as S
+# A made-up configuration whose ceilings are worked out by hand in test_model_by_hand
+r = S.Row("gemv", 4, 0, {}, 2, 3, 1000, 500.0, 2.0, 100, 0, 0, 0.5, 1.0, 0.0, {}, shared_bytes=70000,
+          other_instructions=0, pipelined=True, block_n=512, k_step=128)
+hand = [S.resident_ctas(100, 70000, 2), S.resident_ctas(255, 0, 8), S.resident_ctas(32, 0, 1)]
+hand += [S.model(r, 4096, 4096, 8).__dict__, S.model(r, 4096, 4096, 1).__dict__]
+small = S.Row(**{**r.__dict__, "registers": 32, "shared_bytes": 0, "pipelined": False})
+hand.append(S.model(small, 8192, 512, 4).__dict__)
+if "--hand" in sys.argv:
+    print(json.dumps(hand)); raise SystemExit
+print(json.dumps([[r.bits, r.group, m.N, m.K, m.split_k, m.ctas, m.warps_per_sm, m.ceiling]
+                  for _, r, m in S.shipped_models()] + [S.SHAPES]))
+"""
+
+
+def _model_script(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    res = subprocess.run([sys.executable, "-c", MODEL_SCRIPT, *args], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_model_by_hand():
+    """The occupancy model on numbers worked out by hand (sm_90: 64 warps, 65 536 registers, 228 KiB an SM;
+    132 SMs × 4 schedulers at 1.98 GHz; 4.3 TB/s; 800 ns)."""
+    (r1, l1), (r2, l2), (r3, l3), split8, split1, small = _model_script("--hand")
+    assert (r1, l1) == (3, "shared")  # 233472 // (70000 + 1024) = 3; registers: 65536 // (104·32·2) = 9
+    assert (r2, l2) == (1, "registers")  # 256 registers × 32 × 8 warps = the whole file
+    assert (r3, l3) == (32, "ctas")  # 64 one-warp CTAs fit by warps, 32 by the CTA limit
+    # 8 column tiles × 8 splits = 64 CTAs of 2 warps on 64 SMs: 2 schedulers each, 4 iterations a CTA
+    assert split8["ctas"] == 64 and split8["warps_per_sm"] == 2.0 and split8["resident_per_sm"] == 3
+    issue = 64 * 2 * 1.98e9 * 32 * 0.5 / 2.0 / 4.3e12
+    assert split8["issue_ceiling"] == pytest.approx(issue, abs=1e-4)
+    assert split8["dram_ceiling"] == pytest.approx(0.5 / (0.5 + 4 * 8 / 4096), abs=1e-4)  # fp32 partials
+    assert split8["ceiling"] == pytest.approx(issue, abs=1e-4)  # issue-bound: the grid starves the schedulers
+    # no split: 8 CTAs; 2 iterations of 32 KiB in flight each → Little's law: 8 · 64 KiB / 800 ns
+    assert split1["latency_ceiling"] == pytest.approx(8 * 2 * 512 * 128 * 0.5 / 800e-9 / 4.3e12, abs=1e-4)
+    assert split1["ceiling"] < split8["ceiling"]
+    # not pipelined, 1 warp: 16 tiles × 4 splits = 64 CTAs, one iteration (32 KiB) in flight each
+    assert small["latency_ceiling"] == pytest.approx(64 * 512 * 128 * 0.5 / 800e-9 / 4.3e12, abs=1e-4)
+    assert small["waves"] == pytest.approx(64 / (132 * 32), abs=1e-3)
+
+
+# Issue 26: the shipped (static-table) GEMV configurations at LLaMA-7B's shapes, M = 1, 4- and 2-bit, g128 and
+# per-channel, must model at ≥ 85% of 4.3 TB/s. 85% is the issue's target, not a measured figure; the model
+# and its constants are benchmarks/kernel_sass.py's.
+CEILING_TARGET = 0.85
+
+
+def test_shipped_gemv_configs_model_at_least_85_percent():
+    *rows, shapes = _model_script()
+    covered = {(b, g, n, k) for b, g, n, k, *_ in rows}
+    assert covered == {(b, g, n, k) for b in (4, 2) for g in (128, 0) for n, k in shapes}
+    for bits, group, N, K, split_k, _ctas, _warps, ceiling in rows:
+        assert ceiling >= CEILING_TARGET, f"{bits}-bit g{group} {N}×{K} split {split_k}: {ceiling:.1%} modelled"

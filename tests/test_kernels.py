@@ -32,9 +32,9 @@ DEVICES = [pytest.param("cpu", marks=pytest.mark.skipif(CUDA, reason="the interp
            pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")])]
 
 
-def packed(N, K, bits, group_size, seed=0, device="cpu"):
+def packed(N, K, bits, group_size, seed=0, device="cpu", std=1.0):
     g = torch.Generator().manual_seed(seed)
-    W = torch.randn(N, K, generator=g) * torch.rand(N, 1, generator=g)  # rows of different ranges
+    W = std * torch.randn(N, K, generator=g) * torch.rand(N, 1, generator=g)  # rows of different ranges
     qw = rtn(W, QuantSpec(bits, group_size))
     q, s, z = pack_weight(qw.codes, qw.scale, qw.zero, bits, group_size)
     return qw, q.to(device), s.to(device), z.to(device)
@@ -143,13 +143,123 @@ def test_split_k_is_deterministic_and_needs_no_memset(M, dtype, device):
     check(x, q, s, z, 4, 64, config)
 
 
+def _kill_half_way(monkeypatch, M):
+    """Make the next launch die half-way: only the first half of each output tile's splits run. A launch
+    that dies leaves, per tile, some splits that counted themselves in and the rest that never did (a
+    CTA touches the counter once, in one atomic), so this is the state any kill leaves, the harshest
+    one (every tile half counted). Returns a function that restores the kernel."""
+    from harness.packed import gemm, gemv
+
+    mod, name = (gemv, "gemv_even") if M == 1 else (gemm, "gemm_kernel")
+    real = getattr(mod, name)
+
+    class Killed:
+        def __getitem__(self, grid):
+            return real[(grid[0], grid[1] // 2)]
+
+    monkeypatch.setattr(mod, name, Killed())
+    return lambda: monkeypatch.setattr(mod, name, real)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("M", [1, 4])
+def test_a_launch_killed_half_way_does_not_poison_the_next(M, device, monkeypatch):
+    """Epoch-tagged split-K counters (issue 26): after a launch that died with every tile's counter
+    half-way, the next launch is right and leaves the counters at zero. With one epoch for every launch
+    (the counters as they were before) the same sequence gives a wrong answer, so the test can fail."""
+    from harness.packed import kernels
+
+    _, q, s, z = packed(64, 512, 4, 64, device=device)
+    x = torch.randn(M, 512, generator=torch.Generator().manual_seed(4)).to(device, torch.float16)
+    config = KernelConfig(block_n=32, block_k=64, split_k=4, block_m=16)
+    cnt = kernels._counters(x.device, 1)
+    for same_epoch in (False, True):
+        if same_epoch:
+            monkeypatch.setattr(kernels, "_next_epoch", lambda device, cnt: 1)
+        restore = _kill_half_way(monkeypatch, M)
+        launch(x, q, s, z, 4, 64, config)  # dies half-way: its output is not looked at
+        restore()
+        assert cnt.any()  # the dead launch's counts are there
+        y = launch(x, q, s, z, 4, 64, config)
+        ref = reference_matmul(x, q, s, z, 4, 64)
+        ok = (y.float() - ref.float()).abs().max().item() <= TOL[x.dtype] * ref.float().abs().max().item()
+        if not same_epoch:
+            assert ok and not cnt.any()
+        else:
+            assert not ok  # poisoned: the stale counts made a split sum partials that were never written
+            cnt.zero_()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("half2", ["1", "0"])
+@pytest.mark.parametrize("bits", [4, 2])
+def test_gemv_activation_spikes_and_half2_switch(bits, half2, device, monkeypatch):
+    """Activations of 6·10⁴ in a few channels (LLaMA down-projection inputs carry such spikes): the GEMV
+    stays finite and within fp16 accuracy of the fp32 reference, on the half2 path and with
+    ``HARNESS_HALF2=0`` (the fp32 path). On a GPU the half2 path is the inline PTX, whose fp16 range
+    ``tests/test_kernel_asm.py`` proves instruction by instruction; the interpreter runs its pure-Triton
+    mirror (same prescale and rescale)."""
+    from harness.packed.switches import half2_enabled
+
+    monkeypatch.setenv("HARNESS_HALF2", half2)
+    _, q, s, z = packed(48, 256, bits, 128, device=device, std=0.02)  # LLaMA-like weights: y stays an fp16
+    x = torch.randn(1, 256, generator=torch.Generator().manual_seed(9))
+    x[0, [3, 77, 200]] = torch.tensor([6e4, -6e4, 3e4])
+    x = x.to(device, torch.float16)
+    assert half2_enabled(x) == (half2 == "1")
+    y = launch(x, q, s, z, bits, 128, KernelConfig(block_n=32, block_k=64, split_k=2))
+    ref = reference_matmul(x.float(), q, s.float(), z.float(), bits, 128)  # fp32 activations and weights
+    assert torch.isfinite(y).all()
+    err = (y.float() - ref).abs().max().item()
+    assert err <= 2e-3 * ref.abs().max().item(), err  # fp16 output rounding (2⁻¹¹) plus the half2 sums'
+
+
+LLAMA_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (N, K)
+
+
+def test_static_table_covers_the_llama_shapes():
+    """Issue 26: every LLaMA-7B layer shape × bits × group × M ≤ 16 has a configuration chosen by the static
+    model, so no launch there autotunes or falls back to the fixed default."""
+    from harness.packed.tuning import static_config
+
+    for N, K in LLAMA_SHAPES:
+        for bits in (4, 2):
+            for group in (128, 0):
+                for M in (1, 2, 3, 5, 8, 16):
+                    c = static_config(M == 1, M, N, K, bits, group)
+                    assert c is not None and c.split_k <= 255, (N, K, bits, group, M)  # COUNT_BITS = 8
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+def test_static_table_configs_run_right(kernel, device):
+    """Each distinct configuration of the static table (its tiles, warps, stages and split, up to 32 splits),
+    run on a shape of a few of its tiles against the reference; K has fewer blocks than some splits, so
+    empty splits (zero partials) are covered too."""
+    from harness.packed.tuning import _static
+
+    seen = set()
+    for (kern, mb, _, _, bits, group), c in sorted(_static().items(), key=str):
+        if kern != kernel or (c, bits, group) in seen:
+            continue
+        seen.add((c, bits, group))
+        g = group or -1
+        K = 4 * (min(c.block_k, group) if group else c.block_k)
+        N = 2 * c.block_n if kernel == "gemm" else c.block_n
+        _, q, s, z = packed(N, K, bits, g, seed=bits + N, device=device)
+        x = torch.randn(1 if kernel == "gemv" else min(mb, 3), K, generator=torch.Generator().manual_seed(1))
+        check(x.to(device, torch.float16), q, s, z, bits, g, c)
+    assert seen
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("bits,group_size,dtype,M", [(4, 128, torch.float16, 1), (2, -1, torch.float16, 1),
                                                      (4, 128, torch.bfloat16, 16), (2, 128, torch.float16, 300)])
-def test_autotuned_kernel_on_gpu(bits, group_size, dtype, M):
+def test_autotuned_kernel_on_gpu(bits, group_size, dtype, M, monkeypatch):
     """The autotuned path on a few keys (each key tunes ~20 configurations; the fixed-config matrix above
-    covers the rest of bits × group × dtype × M)."""
+    covers the rest of bits × group × dtype × M). Autotuning runs only on request."""
+    monkeypatch.setenv("HARNESS_AUTOTUNE", "1")
     _, q, s, z = packed(384, 1024, bits, group_size, device="cuda")
     x = torch.randn(M, 1024, device="cuda", dtype=dtype)
     check(x, q, s, z, bits, group_size)  # config=None: the autotuned path
@@ -171,7 +281,7 @@ def build(fn, types, constexprs, **options):
     return triton.compile(ASTSource(fn, sig, constexprs), target=GPUTarget("cuda", 90, 32), options=options)
 
 ptrs = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", out_ptr="*fp16")
-ptrs.update(part_ptr="*fp32", cnt_ptr="*i32")
+ptrs.update(part_ptr="*fp32", cnt_ptr="*i32", epoch="i32")
 gemv = build(gemv_kernel, {**ptrs, "N": "i32", "K": "i32", "M_BUCKET": "i32"},
              dict(BITS=2, GROUP=64, BLOCK_N=128, BLOCK_K=64, SPLIT_K=4, HALF2=True, PTX=True, EVEN=True, STAGES=3),
              num_warps=1, num_stages=2)

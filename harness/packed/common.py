@@ -18,29 +18,36 @@ DOT4_ASM, DOT4_CON = (tl.constexpr(v) for v in ptx.dot_asm(4))
 DOT2_ASM, DOT2_CON = (tl.constexpr(v) for v in ptx.dot_asm(2))
 ZERO4_ASM = tl.constexpr(ptx.zero_asm(4)[0])
 ZERO2_ASM = tl.constexpr(ptx.zero_asm(2)[0])
+# The GEMV's dot_asm works on (q − z)·2^−S (S = ptx.prescale_shift: no fp16 overflow for any activation);
+# its zero constants carry the same 2^−S, and the kernel multiplies its fp32 sums by 2^S (exact).
+RESCALE4 = tl.constexpr(float(2 ** ptx.prescale_shift(4)))  # 2^S: 256.0
+RESCALE2 = tl.constexpr(float(2 ** ptx.prescale_shift(2)))  # 128.0
+ZERO4S_ASM = tl.constexpr(ptx.zero_asm(4, ptx.prescale_shift(4))[0])
+ZERO2S_ASM = tl.constexpr(ptx.zero_asm(2, ptx.prescale_shift(2))[0])
 PRMT_ASM = tl.constexpr(ptx.PRMT_ASM)
 
 
 @triton.jit
-def _zero_consts(z, BITS: tl.constexpr):
-    """Zero points z (1, BLOCK_N) fp16 → the F = 8/b fix-up constants Zᵢ = −(1024·2^{−b·i} + z), each
-    (1, BLOCK_N) int32 holding the fp16 value in both lanes (``dot_asm``). One ``prmt`` + F ``sub.f16x2``."""
+def _zero_consts(z, BITS: tl.constexpr, PRESCALED: tl.constexpr):
+    """Zero points z (1, BLOCK_N) fp16 → the F = 8/b fix-up constants Zᵢ = −(1024·2^{−b·i} + z)·2^−S, each
+    (1, BLOCK_N) int32 holding the fp16 value in both lanes (``dot_asm``; S = 0 unless PRESCALED, the
+    GEMV). One ``prmt`` + F ``sub.f16x2`` / ``fma.f16x2``."""
     zb = z.to(tl.int16, bitcast=True).to(tl.int32)
     if BITS == 4:
-        z0, z1 = tl.inline_asm_elementwise(ZERO4_ASM, "=r,=r,r", [zb], dtype=(tl.int32, tl.int32), is_pure=True,
-                                           pack=1)
+        z0, z1 = tl.inline_asm_elementwise(ZERO4S_ASM if PRESCALED else ZERO4_ASM, "=r,=r,r", [zb],
+                                           dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
         return z0, z1
     else:
-        z0, z1, z2, z3 = tl.inline_asm_elementwise(ZERO2_ASM, "=r,=r,=r,=r,r", [zb], dtype=(tl.int32,) * 4,
-                                                   is_pure=True, pack=1)
+        z0, z1, z2, z3 = tl.inline_asm_elementwise(ZERO2S_ASM if PRESCALED else ZERO2_ASM, "=r,=r,=r,=r,r", [zb],
+                                                   dtype=(tl.int32,) * 4, is_pure=True, pack=1)
         return z0, z1, z2, z3
 
 
 @triton.jit
-def zeros_for(z, BITS: tl.constexpr, PTX: tl.constexpr):
+def zeros_for(z, BITS: tl.constexpr, PTX: tl.constexpr, PRESCALED: tl.constexpr = False):
     """The zero constants the PTX needs (``_zero_consts``), or z itself for the pure-Triton paths."""
     if PTX:
-        return _zero_consts(z, BITS)
+        return _zero_consts(z, BITS, PRESCALED)
     else:
         return z
 
@@ -54,16 +61,30 @@ def codes_of_pair(w, p: tl.constexpr, BITS: tl.constexpr):
     return ((wu >> (BITS * p)) & MAXQ).to(tl.float32), ((wu >> (BITS * (p + P // 2))) & MAXQ).to(tl.float32)
 
 
+COUNT_BITS = 8  # a split-K counter word: (epoch << 8) | arrivals (SPLIT_K ≤ 255)
+EPOCH_UNIT = tl.constexpr(1 << COUNT_BITS)
+COUNT_MASK = tl.constexpr((1 << COUNT_BITS) - 1)
+
+
 @triton.jit
-def split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile, pid_k, SPLIT_K: tl.constexpr):
+def split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile, pid_k, epoch, SPLIT_K: tl.constexpr):
     """Deterministic split-K epilogue: store this split's fp32 partial ``acc`` at ``part_ptrs`` (split
-    ``pid_k`` at ``pid_k · split_stride``); the last split of output tile ``tile`` to arrive (an acq_rel
-    counter ``cnt_ptr[tile]``, zero before the launch) sums all partials in split order, stores them at
-    ``out_ptrs`` and resets the counter to zero, so no memset precedes the next launch. The sum's order
-    is fixed, so the result is bitwise the same whichever split arrives last."""
+    ``pid_k`` at ``pid_k · split_stride``); the last split of output tile ``tile`` to arrive sums all
+    partials in split order, stores them at ``out_ptrs`` and resets the counter, so no memset precedes
+    the next launch. The sum's order is fixed, so the result is bitwise the same whichever split arrives
+    last.
+
+    The counter ``cnt_ptr[tile]`` is epoch-tagged so that a launch that died half-way cannot poison a
+    later one: it holds ``(epoch << COUNT_BITS) | arrivals``, and ``epoch`` (> 0) grows with every launch
+    on the counters (``harness.packed.kernels``). Each split first raises the word to at least
+    ``epoch << COUNT_BITS`` (``atomic_max``: a stale count left by an earlier, dead launch carries a
+    smaller epoch and is wiped; an arrival of this launch is already above it and is kept), then counts
+    itself in (acq_rel ``atomic_add``, same thread and address, so after the max). The arrivals are the
+    low bits; the last one resets the word to 0."""
     tl.store(part_ptrs + pid_k * split_stride, acc, mask=mask)
     tl.debug_barrier()  # every thread's partial is written before the (single-thread) release below
-    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    tl.atomic_max(cnt_ptr + tile, epoch * EPOCH_UNIT, sem="relaxed", scope="gpu")
+    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") & COUNT_MASK
     if arrived == SPLIT_K - 1:
         y = tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
         for k in tl.static_range(1, SPLIT_K):

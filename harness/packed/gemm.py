@@ -78,8 +78,8 @@ def _unpack_tile_half2(words, zc, BITS: tl.constexpr, PTX: tl.constexpr):
     return tl.reshape(t, (BLOCK_KW * (32 // BITS), BLOCK_N))
 
 
-@triton.jit
-def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K, stride_xm, stride_om, M_BUCKET,
+@triton.jit(do_not_specialize=["epoch"])  # a new value every launch: never a compile key
+def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoch, M, N, K, stride_xm, stride_om, M_BUCKET,
                 BITS: tl.constexpr, GROUP: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                 SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, DOT_F32: tl.constexpr, HALF2: tl.constexpr,
@@ -159,7 +159,7 @@ def gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
     else:
         split_k_reduce(acc, out_ptrs, part_ptr + offs_m[:, None] * N + offs_n[None, :], M * N, mask, cnt_ptr,
-                       pid, pid_k, SPLIT_K)
+                       pid, pid_k, epoch, SPLIT_K)
 
 
 def configs() -> list[triton.Config]:

@@ -26,6 +26,8 @@ from harness.packed.common import (
     MAGIC,
     MAGIC_F,
     PRMT_ASM,
+    RESCALE2,
+    RESCALE4,
     codes_of_pair,
     split_k_reduce,
     zeros_for,
@@ -88,10 +90,11 @@ def _half_lanes(h):
 
 @triton.jit
 def _pair_mac(w, xp, zf, p: tl.constexpr, BITS: tl.constexpr):
-    """One pair of ``dot_asm`` in pure Triton: x[p]·(q[p] − z) + x[p + P/2]·(q[p + P/2] − z), fp32."""
+    """One pair of ``dot_asm`` in pure Triton, prescaled as it is (exact in fp32):
+    (x[p]·(q[p] − z) + x[p + P/2]·(q[p + P/2] − z))·2^−S, so the interpreter runs the kernel's 2^S rescale."""
     q_lo, q_hi = codes_of_pair(w, p, BITS)
     x_lo, x_hi = _half_lanes(xp)
-    return x_lo * (q_lo - zf) + x_hi * (q_hi - zf)
+    return (x_lo * (q_lo - zf) + x_hi * (q_hi - zf)) / (RESCALE4 if BITS == 4 else RESCALE2)
 
 
 @triton.jit
@@ -165,8 +168,8 @@ def _block_words(qw_ptr, rows_e, offs_n, mask_n, N, KW, EVEN: tl.constexpr):
                 tl.load(ptr_e + N, mask=m_o, other=0, eviction_policy="evict_first"))
 
 
-@triton.jit
-def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M_BUCKET,
+@triton.jit(do_not_specialize=["epoch"])  # a new value every launch: never a compile key
+def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoch, N, K, M_BUCKET,
                 BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                 SPLIT_K: tl.constexpr, HALF2: tl.constexpr, PTX: tl.constexpr, EVEN: tl.constexpr,
                 STAGES: tl.constexpr):
@@ -185,7 +188,8 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M
 
     SPLIT_K > 1 is deterministic: each split writes its fp32 partial to ``part_ptr`` (SPLIT_K, N); the
     last split of a column block to arrive (an acq_rel counter in ``cnt_ptr``, one int32 per column block,
-    zero before the launch and reset to zero by that split) sums the partials in split order and stores y.
+    tagged with the launch's ``epoch`` so that a dead launch's count cannot leak into this one, reset to
+    zero by that split: ``split_k_reduce``) sums the partials in split order and stores y.
     """
     P: tl.constexpr = 32 // BITS
     BLOCK_KW: tl.constexpr = BLOCK_K // P
@@ -208,7 +212,7 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M
     acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
     if GROUP == 0:
         z = tl.load(z_ptr + n2, mask=m2, other=0.0)
-        zc = zeros_for(z, BITS, HALF2 and PTX)
+        zc = zeros_for(z, BITS, HALF2 and PTX, True)
     # Software pipelining: with STAGES > 1 Triton copies the next blocks' words and activations into shared
     # memory asynchronously (cp.async) while this block is computed (a plain range(): the loads would be
     # issued where ptxas puts them, at best a few hundred instructions ahead).
@@ -218,7 +222,7 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M
         if GROUP != 0:
             g = (b * BLOCK_K) // GROUP
             z = tl.load(z_ptr + g * N + n2, mask=m2, other=0.0)
-            zc = zeros_for(z, BITS, HALF2 and PTX)
+            zc = zeros_for(z, BITS, HALF2 and PTX, True)
         if HALF2:
             part = _dot_words_half2(X_ptr, w_e, w_o, rows_e, KW, zc, z, BITS, EVEN, PTX)
         else:
@@ -230,10 +234,12 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, N, K, M
             acc += tl.sum(part, axis=0, keep_dims=True)
     if GROUP == 0:
         acc *= tl.load(s_ptr + n2, mask=m2, other=0.0).to(tl.float32)
+    if HALF2:  # the half2 sums are of (q − z)·2^−S (harness.packed.ptx.prescale_shift): undo it, exactly
+        acc *= RESCALE4 if BITS == 4 else RESCALE2
     if SPLIT_K == 1:
         tl.store(out_ptr + n2, acc.to(out_ptr.dtype.element_ty), mask=m2)
     else:
-        split_k_reduce(acc, out_ptr + n2, part_ptr + n2, N, m2, cnt_ptr, pid_n, pid_k, SPLIT_K)
+        split_k_reduce(acc, out_ptr + n2, part_ptr + n2, N, m2, cnt_ptr, pid_n, pid_k, epoch, SPLIT_K)
 
 
 def configs() -> list[triton.Config]:

@@ -13,7 +13,11 @@
 Split-K is deterministic in both: each split stores an fp32 partial, and the last split of an output
 tile to arrive (an acq_rel counter per tile) sums the partials in split order, writes y and resets its
 counter, so no memset kernel runs and repeated calls are bitwise identical. The counters live in a
-per-(device, stream) cache (``_counters``), zeroed once.
+per-(device, stream) cache (``_counters``), zeroed once, and are tagged with a per-launch epoch
+(``harness.packed.common.split_k_reduce``): a launch that dies half-way leaves counts of its own epoch,
+which the next launch (a larger epoch) wipes instead of adding to. The epoch is a kernel argument, so a
+CUDA graph replays the epoch it captured; graphs are safe as long as the launches they replay complete
+(a kernel that dies on a GPU leaves the CUDA context unusable anyway).
 
 Only this module and the kernel modules it imports import Triton. The public entry is the
 ``torch.library`` op ``harness::quant_matmul`` in ``harness.packed.ops``, which imports this module only
@@ -26,6 +30,7 @@ import torch
 import triton
 
 from harness.packed import gemm, gemv
+from harness.packed.common import COUNT_BITS
 from harness.packed.packing import codes_per_word
 from harness.packed.switches import autotune_enabled, half2_enabled, interpreting
 from harness.packed.tuning import (
@@ -44,26 +49,47 @@ __all__ = ["KernelConfig", "launch"]
 
 
 
-_COUNTERS: dict[tuple, torch.Tensor] = {}  # (device, stream) → zeroed int32 split-K arrival counters
+_COUNTERS: dict[tuple, torch.Tensor] = {}  # (device, stream) → int32 split-K arrival counters
+_EPOCHS: dict[tuple, int] = {}  # (device, stream) → the epoch of the last launch on those counters
+MAX_EPOCH = (1 << (31 - COUNT_BITS)) - 1  # (epoch << COUNT_BITS) | arrivals stays a positive int32
+
+
+def _key(device: torch.device) -> tuple:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    return str(device), stream
 
 
 def _counters(device: torch.device, n: int) -> torch.Tensor:
-    """At least ``n`` int32 split-K counters for the current stream of ``device``, zero between launches
-    (each launch leaves them at zero): allocated and zeroed once, not per call. One set per stream, so
-    concurrent launches on two streams never share a counter."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)
+    """At least ``n`` int32 split-K counters for the current stream of ``device``, zero between completed
+    launches (each launch leaves them at zero): allocated and zeroed once, not per call. One set per
+    stream, so concurrent launches on two streams never share a counter."""
+    key = _key(device)
     cnt = _COUNTERS.get(key)
     if cnt is None or cnt.numel() < n:
         cnt = _COUNTERS[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
     return cnt
 
 
+def _next_epoch(device: torch.device, cnt: torch.Tensor) -> int:
+    """The epoch of the next launch on ``cnt`` (1, 2, …). At the 2^23rd the counters are zeroed (a
+    stream-ordered memset, once per 8·10⁶ launches) and the epochs start again, so a stale count never
+    carries a larger epoch than a later launch's."""
+    key = _key(device)
+    epoch = _EPOCHS.get(key, 0) + 1
+    if epoch > MAX_EPOCH:
+        cnt.zero_()
+        epoch = 1
+    _EPOCHS[key] = epoch
+    return epoch
+
+
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
            group_size: int, config: KernelConfig | None = None) -> torch.Tensor:
     """Run the Triton kernel: x (M, K) fp16/bf16/fp32 → (M, N) in x's dtype.
 
-    ``config=None`` autotunes (unless disabled: ``harness.packed.switches``); a given config runs as is
+    ``config=None`` runs a shipped configuration (measured on this GPU, else chosen by the static model:
+    ``harness.packed.tuning``), else autotunes if asked (``HARNESS_AUTOTUNE=1``), else the fixed default;
+    a given config runs as is
     (tests use it to cover split-K, masking and several block shapes). Split-K partials go to an fp32
     workspace (SPLIT_K, M, N), uninitialised: every split writes its part before the last one reads.
     """
@@ -75,23 +101,24 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     group = 0 if group_size == -1 or group_size == K else group_size
     x = x.contiguous()
     is_gemv = M == 1 and (group == 0 or group >= 2 * P)  # a GEMV block holds two words a column (2-bit g16: GEMM)
-    if config is None and autotune_enabled():
-        config = shipped_config(is_gemv, x, N, K, bits, group)  # a shipped tuning beats tuning here
+    if config is None:  # measured, else (unless tuning was asked for) the static model's choice; CUDA only
+        config = shipped_config(is_gemv, x, N, K, bits, group, static=not autotune_enabled())
     tuned = config is None and autotune_enabled()
     cfg = fit(config or (DEFAULT_GEMV if is_gemv else DEFAULT_GEMM), group)
     split = MAX_SPLIT_K if tuned else cfg.split_k
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     part = torch.empty((split, M, N) if split > 1 else (1,), device=x.device, dtype=torch.float32)
     cnt = _counters(x.device, triton.cdiv(M, 16) * triton.cdiv(N, 16))  # ≥ the tiles of any config
+    epoch = _next_epoch(x.device, cnt)
     common = dict(BITS=bits, GROUP=group)
     if is_gemv:
         common.update(HALF2=half2_enabled(x), PTX=not interpreting())
         if tuned:
             gemv_tuned[lambda m: (triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])](
-                x, qweight, scales, zeros, out, part, cnt, N, K, 1, **common)
+                x, qweight, scales, zeros, out, part, cnt, epoch, N, K, 1, **common)
         else:
             grid = (triton.cdiv(N, cfg.block_n), cfg.split_k)
-            gemv.gemv_even[grid](x, qweight, scales, zeros, out, part, cnt, N, K, 1, **common, **cfg.meta(True),
+            gemv.gemv_even[grid](x, qweight, scales, zeros, out, part, cnt, epoch, N, K, 1, **common, **cfg.meta(True),
                                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         mb = m_bucket(M)
@@ -99,9 +126,10 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
         common.update(HALF2=half2_enabled(x), PTX=not interpreting())
         if tuned:
             gemm_tuned[lambda m: (triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"]), m["SPLIT_K"])](
-                x, qweight, scales, zeros, out, part, cnt, M, N, K, x.stride(0), out.stride(0), mb, **common)
+                x, qweight, scales, zeros, out, part, cnt, epoch, M, N, K, x.stride(0), out.stride(0), mb, **common)
         else:
             grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n), cfg.split_k)
-            gemm.gemm_kernel[grid](x, qweight, scales, zeros, out, part, cnt, M, N, K, x.stride(0), out.stride(0),
-                                   mb, **common, **cfg.meta(False), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            gemm.gemm_kernel[grid](x, qweight, scales, zeros, out, part, cnt, epoch, M, N, K, x.stride(0),
+                                   out.stride(0), mb, **common, **cfg.meta(False), num_warps=cfg.num_warps,
+                                   num_stages=cfg.num_stages)
     return out

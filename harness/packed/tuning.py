@@ -1,10 +1,18 @@
 """Launch configurations of the packed kernels: the fixed defaults, the pruned autotuning spaces, the
 shipped per-GPU table (``tuned_configs.json``) and the configurations ``benchmarks/kernel_sass.py`` compiles.
 
-Autotuning (``triton.autotune``, results cached on disk by Triton, no pre-hooks) covers a pruned space
-(``_prune``) keyed on (M bucket, N, K, bits, group size); a configuration shipped in ``tuned_configs.json``
-for this GPU and shape is used without tuning. Tuning is off under ``TRITON_INTERPRET=1`` and with
-``HARNESS_AUTOTUNE=0`` (``harness.packed.switches``), where a fixed default configuration runs.
+Which configuration a launch without one runs, first match wins (no compilation beyond the one kernel):
+
+1. ``tuned_configs.json``: measured on this GPU model for this shape (filled by ``scripts/gpu_check.sh``);
+2. ``static_configs.json``: chosen for sm_90 (H100/H200, 132 SMs) by the static model of
+   ``benchmarks/kernel_sass.py --ship`` (SASS instruction counts, occupancy, waves, latency) for LLaMA-7B's
+   three layer shapes and M buckets 1–16, without a GPU;
+3. with ``HARNESS_AUTOTUNE=1`` only (then in place of 2: a measurement beats the model): autotuning
+   (``triton.autotune``, results cached on disk by Triton) over a pruned space (``_prune``) keyed on
+   (M bucket, N, K, bits, group size);
+4. the fixed defaults ``DEFAULT_GEMV`` / ``DEFAULT_GEMM``.
+
+Tuning is never on under ``TRITON_INTERPRET=1`` (``harness.packed.switches``).
 """
 from __future__ import annotations
 
@@ -103,6 +111,34 @@ def fit(config: KernelConfig, group: int) -> KernelConfig:
 
 
 TUNED_TABLE = Path(__file__).with_name("tuned_configs.json")  # shipped best configs, measured on GPUs
+STATIC_TABLE = Path(__file__).with_name("static_configs.json")  # chosen by the static sm_90 model
+
+# What the static model (benchmarks/kernel_sass.py --ship) chooses from: (BLOCK_M, BLOCK_N, BLOCK_K, warps,
+# stages) × SPLIT_K. GEMV: 8 (or 4, BLOCK_N = 128 · warps) columns a thread; small CTAs so that the decode
+# shapes can fill 132 SMs × 4 schedulers. GEMM: BLOCK_M = 16 (M ≤ 16 is one row tile).
+STATIC_GEMV_SPACE = [(1, bn, bk, w, st) for bn, bk, w in [(128, 128, 1), (256, 64, 1), (256, 128, 1), (256, 128, 2),
+                                                          (512, 128, 2), (512, 256, 2), (512, 128, 4),
+                                                          (1024, 128, 4)] for st in (2, 3, 4)]
+STATIC_GEMM_SPACE = [(16, bn, bk, w, st) for bn, bk, w in [(32, 128, 2), (64, 64, 4), (64, 128, 4), (128, 64, 4)]
+                     for st in (3, 4)]
+STATIC_SPLITS = (1, 2, 4, 8, 16, 32)
+STATIC_M_BUCKETS = (1, 2, 4, 8, 16)
+
+
+@functools.cache
+def _static(path: str = str(STATIC_TABLE)) -> dict:
+    """The static table: (kernel, M bucket, N, K, bits, group) → KernelConfig."""
+    try:
+        entries = json.loads(Path(path).read_text()).get("configs", [])
+    except (OSError, ValueError):
+        return {}
+    return {(e["kernel"], e["m_bucket"], e["N"], e["K"], e["bits"], e["group"]): KernelConfig(**e["config"])
+            for e in entries}
+
+
+def static_config(is_gemv: bool, M: int, N: int, K: int, bits: int, group: int) -> KernelConfig | None:
+    """The configuration the static model chose for this shape (``static_configs.json``), if any."""
+    return _static().get(("gemv" if is_gemv else "gemm", m_bucket(M), N, K, bits, group))
 
 
 @functools.cache
@@ -116,13 +152,16 @@ def _shipped(path: str = str(TUNED_TABLE)) -> dict:
             KernelConfig(**e["config"]) for e in entries}
 
 
-def shipped_config(is_gemv: bool, x: torch.Tensor, N: int, K: int, bits: int, group: int) -> KernelConfig | None:
-    """A configuration tuned on this GPU model and shipped in ``tuned_configs.json``, if there is one."""
+def shipped_config(is_gemv: bool, x: torch.Tensor, N: int, K: int, bits: int, group: int,
+                   static: bool = True) -> KernelConfig | None:
+    """A configuration measured on this GPU model (``tuned_configs.json``), else (``static``) the static
+    model's choice (``static_configs.json``), if either has this shape; CUDA only (the interpreter runs
+    fixed configurations)."""
     if x.device.type != "cuda":
         return None
     key = (torch.cuda.get_device_name(x.device), "gemv" if is_gemv else "gemm", m_bucket(x.shape[0]), N, K, bits,
            group, str(x.dtype).removeprefix("torch."))
-    return _shipped().get(key)
+    return _shipped().get(key) or (static_config(is_gemv, x.shape[0], N, K, bits, group) if static else None)
 
 
 def export_tuned(device_name: str) -> list[dict]:
@@ -143,12 +182,15 @@ def export_tuned(device_name: str) -> list[dict]:
 _PTRS = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", out_ptr="*fp16")
 
 
-def sass_configs(kernel: str, bits: int, group: int, quick: bool = False):
+def sass_configs(kernel: str, bits: int, group: int, quick: bool = False, space: list | None = None):
     """Configurations for ``benchmarks/kernel_sass.py``: (jit fn, arg types, constexprs, warps, stages, bits,
-    group, K step of one main-loop iteration, BLOCK_N) for fp16 activations. ``quick``: the launch default only.
+    group, K step of one main-loop iteration, BLOCK_N) for fp16 activations. ``quick``: the launch default only;
+    ``space``: these (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) (BLOCK_K clamped to the group).
     Split-K changes only the epilogue, so the main loop is compiled at SPLIT_K = 1."""
     is_gemv = kernel == "gemv"
-    if quick:
+    if space is not None:
+        space = list(dict.fromkeys((bm, bn, min(bk, group) if group else bk, w, st) for bm, bn, bk, w, st in space))
+    elif quick:
         d = fit(DEFAULT_GEMV if is_gemv else DEFAULT_GEMM, group)
         space = [(d.block_m, d.block_n, d.block_k, d.num_warps, d.num_stages)]
     else:
@@ -162,12 +204,13 @@ def sass_configs(kernel: str, bits: int, group: int, quick: bool = False):
     for bm, bn, bk, w, stages in space:
         ce = dict(BITS=bits, GROUP=group, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1)
         if is_gemv:
-            types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "N": "i32", "K": "i32", "M_BUCKET": "i32"}
+            types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "epoch": "i32", "N": "i32", "K": "i32",
+                     "M_BUCKET": "i32"}
             ce.update(HALF2=True, PTX=True, EVEN=True, STAGES=stages)
             yield gemv.gemv_kernel, types, ce, w, stages, bits, group, bk, bn
         else:
             types = {**_PTRS, "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_om": "i32",
                      "M_BUCKET": "i32"}
-            types.update(part_ptr="*fp32", cnt_ptr="*i32")
+            types.update(part_ptr="*fp32", cnt_ptr="*i32", epoch="i32")
             ce.update(BLOCK_M=bm, GROUP_M=8, DOT_F32=False, HALF2=True, PTX=True)
             yield gemm.gemm_kernel, types, ce, w, stages, bits, group, bk, bn
