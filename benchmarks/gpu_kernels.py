@@ -297,7 +297,7 @@ def warm_cases() -> list[tuple]:
     """Every (shape, bits, group, M, half2) that compiles a distinct kernel in the later steps: one M per
     Triton specialisation (M = 1 GEMV; 2–8 and 16 GEMM, 16 being divisible by 16), plus split-K."""
     return [(name, bits, group, M, half2) for name in shapes() for bits in (4, 2) for group in (128, -1)
-            for M in (1, 2, 16) for half2 in (True, False)]
+            for M in (1, 2, 4, 8, 16) for half2 in (True, False)]
 
 
 def warm_worker(index: int, workers: int) -> int:
