@@ -26,9 +26,9 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "static_compile.json"))
     args = p.parse_args()
     import triton
+    from kernel_sass import BANDWIDTH, ISSUE_RATE, measure
 
     import harness.packed.tuning as T
-    from kernel_sass import BANDWIDTH, ISSUE_RATE, measure
 
     table = json.loads(T.STATIC_TABLE.read_text())
     rows, failed = [], 0
