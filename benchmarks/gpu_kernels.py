@@ -45,12 +45,13 @@ def make_layer(K: int, N: int, bits: int, group: int, seed: int = 0):
 
     from harness.packed.packing import pack_codes
 
-    g = torch.Generator().manual_seed(seed)
+    dev = device()
+    g = torch.Generator(device=dev).manual_seed(seed)  # made on the device: 45M codes a layer at 11008×4096
     G = 1 if group == -1 else K // group
-    codes = torch.randint(0, 2**bits, (N, K), generator=g, dtype=torch.uint8)
-    scales = (torch.rand(G, N, generator=g) * 0.02 + 1e-3).to(torch.float16)
-    zeros = torch.full((G, N), float(2 ** (bits - 1)), dtype=torch.float16)
-    return tuple(t.to(device()) for t in (pack_codes(codes, bits), scales, zeros))
+    codes = torch.randint(0, 2**bits, (N, K), generator=g, dtype=torch.uint8, device=dev)
+    scales = (torch.rand(G, N, generator=g, device=dev) * 0.02 + 1e-3).to(torch.float16)
+    zeros = torch.full((G, N), float(2 ** (bits - 1)), dtype=torch.float16, device=dev)
+    return pack_codes(codes, bits), scales, zeros
 
 
 def activations(M: int, K: int, spikes: bool, seed: int = 0):
@@ -243,7 +244,11 @@ def contenders(x, K: int, N: int, group: int):
         nbytes = sum(t.numel() * t.element_size() for t in layer) + io
         out.append((f"int{bits} ours", nbytes, [lambda c=c, b=bits: quant_matmul(x, *c, b, group) for c in copies],
                     reference(x, layer, bits, group)))
-        tiny = torch_int4_layer(layer, bits, group)
+        try:
+            tiny = torch_int4_layer(layer, bits, group)
+        except Exception as err:  # noqa: BLE001 - the peer's op changed: report it, time the others
+            emit("speed", kernel="int4 torch", ok=None, skipped=f"{type(err).__name__}: {err}"[:300])
+            tiny = None
         if tiny is not None:
             xb = x.to(torch.bfloat16)
             copies = [tiny] + [tuple(t.clone() for t in tiny) for _ in range(n - 1)]
@@ -266,7 +271,13 @@ def speed() -> int:
             x = activations(M, K, spikes=False, seed=M)
             t16 = None
             for kernel, nbytes, calls, ref in contenders(x, K, N, 128):
-                err = rel_err(calls[0](), ref)
+                try:
+                    err = rel_err(calls[0](), ref)
+                except Exception as e:  # noqa: BLE001 - a contender that cannot run this shape
+                    err = math.inf
+                    emit("speed", shape=name, M=M, kernel=kernel, ok=False, error=f"{type(e).__name__}: {e}"[:300])
+                    bad += kernel != "int4 torch"
+                    continue
                 if err > 2 * TOL:  # a wrong kernel is reported, not timed (tinygemm's bf16: 2 × TOL)
                     bad += 1
                     emit("speed", shape=name, M=M, kernel=kernel, rel_err=err, ok=False)
