@@ -118,7 +118,7 @@ def test_launch_routes_small_fp16_batches_to_the_tensor_core_gemm(device, monkey
     from harness.packed import gemm, gemm_tc
 
     ran = []
-    for mod, name in ((gemm_tc, "gemm_tc_kernel"), (gemm, "gemm_kernel")):
+    for mod, name in ((gemm_tc, "gemm_tc_even"), (gemm, "gemm_kernel")):
         kern = getattr(mod, name)
 
         class Spy:
@@ -130,7 +130,7 @@ def test_launch_routes_small_fp16_batches_to_the_tensor_core_gemm(device, monkey
                 return self.kern[grid]
 
         monkeypatch.setattr(mod, name, Spy(kern, name))
-    cases = [(4, 128, 3, torch.float16, "gemm_tc_kernel"), (2, -1, 16, torch.float16, "gemm_tc_kernel"),
+    cases = [(4, 128, 3, torch.float16, "gemm_tc_even"), (2, -1, 16, torch.float16, "gemm_tc_even"),
              (2, 128, 3, torch.float16, "gemm_kernel"), (4, 128, 3, torch.bfloat16, "gemm_kernel"),
              (4, -1, 17, torch.float16, "gemm_kernel")]
     for bits, group, M, dtype, want in cases:

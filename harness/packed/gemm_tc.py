@@ -144,10 +144,12 @@ def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr):
 @triton.jit(do_not_specialize=["epoch"])
 def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoch, M, N, K, stride_xm, stride_om,
                    M_BUCKET, BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PTX: tl.constexpr):
+                   BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PTX: tl.constexpr,
+                   EVEN: tl.constexpr):
     """out (M, N) = x (M, K) @ Ŵᵀ, fp16 x; the module docstring. Grid: (cdiv(M, BLOCK_M)·cdiv(N, BLOCK_N),
     SPLIT_K); BLOCK_K = 16·P (checked); GROUP = 0 or a multiple of BLOCK_K. Split-K: contiguous runs of K
-    blocks per split and the deterministic epilogue ``split_k_reduce``, as ``harness.packed.gemm``."""
+    blocks per split and the deterministic epilogue ``split_k_reduce``, as ``harness.packed.gemm``. EVEN
+    (``gemm_tc_even`` sets it): K and N are multiples of the blocks, so no K or N masks in the loop."""
     P: tl.constexpr = 32 // BITS
     BLOCK_KW: tl.constexpr = BLOCK_K // P
     tl.static_assert(BLOCK_KW == 16, "gemm_tc: BLOCK_K must be 16 words (128 4-bit / 256 2-bit inputs)")
@@ -181,11 +183,16 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
     xs = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for b in range(b0, b1):
         offs_k = b * BLOCK_K + rk
-        xa = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                     mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)  # (BLOCK_M, BLOCK_K), once
         rows = b * BLOCK_KW + rkw
-        words = tl.load(qw_ptr + rows[:, None] * N + offs_n[None, :], mask=(rows < KW)[:, None] & mask_n[None, :],
-                        other=0, eviction_policy="evict_first")  # (16, BLOCK_N) int32, each word once
+        if EVEN:
+            xa = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None], other=0.0)
+            words = tl.load(qw_ptr + rows[:, None] * N + offs_n[None, :], eviction_policy="evict_first")
+        else:
+            xa = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                         mask=mask_m[:, None] & (offs_k < K)[None, :], other=0.0)  # (BLOCK_M, BLOCK_K), once
+            words = tl.load(qw_ptr + rows[:, None] * N + offs_n[None, :],
+                            mask=(rows < KW)[:, None] & mask_n[None, :], other=0,
+                            eviction_policy="evict_first")  # (16, BLOCK_N) int32, each word once
         if GROUP != 0:
             a0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             a1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -210,6 +217,10 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
     else:
         split_k_reduce(acc, out_ptrs, part_ptr + offs_m[:, None] * N + offs_n[None, :], M * N, mask, cnt_ptr,
                        pid, pid_k, epoch, SPLIT_K)
+
+
+gemm_tc_even = triton.heuristics({"EVEN": lambda a: a["K"] % a["BLOCK_K"] == 0 and a["N"] % a["BLOCK_N"] == 0})(
+    gemm_tc_kernel)
 
 
 def block_k(bits: int) -> int:

@@ -129,10 +129,10 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
                                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif tc:
         grid = (triton.cdiv(M, 16) * triton.cdiv(N, cfg.block_n), cfg.split_k)
-        gemm_tc.gemm_tc_kernel[grid](x, qweight, scales, zeros, out, part, cnt, epoch, M, N, K, x.stride(0),
-                                     out.stride(0), m_bucket(M), BITS=bits, GROUP=group, BLOCK_M=16,
-                                     BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=8,
-                                     PTX=not interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        gemm_tc.gemm_tc_even[grid](x, qweight, scales, zeros, out, part, cnt, epoch, M, N, K, x.stride(0),
+                                   out.stride(0), m_bucket(M), BITS=bits, GROUP=group, BLOCK_M=16,
+                                   BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=8,
+                                   PTX=not interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         mb = m_bucket(M)
         common["DOT_F32"] = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())

@@ -244,5 +244,6 @@ def _tc_sass_configs(bits: int, group: int, quick: bool, space: list | None):
     types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "epoch": "i32", "M": "i32", "N": "i32", "K": "i32",
              "stride_xm": "i32", "stride_om": "i32", "M_BUCKET": "i32"}
     for bm, bn, _, w, stages in space:
-        ce = dict(BITS=bits, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, GROUP_M=8, PTX=True)
+        ce = dict(BITS=bits, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, GROUP_M=8, PTX=True,
+                  EVEN=True)
         yield gemm_tc.gemm_tc_kernel, types, ce, w, stages, bits, group, bk, bn
