@@ -129,16 +129,16 @@ def _block(a0, a1, a2, a3, xa, words, BITS: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
-def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr):
+def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr, ZDOT: tl.constexpr):
     """acc + s·(Σ_i 2^(24 − b·i)·acc_i − z·Σx): s, z (BLOCK_N,) fp32, xs (BLOCK_M,) fp32."""
-    acc = acc + a0 * (s * 16777216.0)[None, :]  # 2^24
-    if BITS == 4:
-        acc = acc + a1 * (s * 1048576.0)[None, :]  # 2^20
+    if BITS == 4:  # s·(2^24·a0 + 2^20·a1) = s·2^20·(16·a0 + a1): one scaled column vector
+        acc = acc + (a0 * 16.0 + a1) * (s * 1048576.0)[None, :]
+    else:  # s·2^18·(64·a0 + 16·a1 + 4·a2 + a3)
+        acc = acc + (((a0 * 4.0 + a1) * 4.0 + a2) * 4.0 + a3) * (s * 262144.0)[None, :]
+    if ZDOT:
+        return acc
     else:
-        acc = acc + a1 * (s * 4194304.0)[None, :]  # 2^22
-        acc = acc + a2 * (s * 1048576.0)[None, :]  # 2^20
-        acc = acc + a3 * (s * 262144.0)[None, :]  # 2^18
-    return acc - xs[:, None] * (z * s)[None, :]
+        return acc - xs[:, None] * (z * s)[None, :]
 
 
 @triton.jit(do_not_specialize=["epoch"])
@@ -152,6 +152,7 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
     (``gemm_tc_even`` sets it): K and N are multiples of the blocks, so no K or N masks in the loop."""
     P: tl.constexpr = 32 // BITS
     BLOCK_KW: tl.constexpr = BLOCK_K // P
+    ZDOT: tl.constexpr = GROUP != 0  # per group: −z·Σx by one more dot; per channel: Σx summed, applied once
     tl.static_assert(BLOCK_KW == 16, "gemm_tc: BLOCK_K must be 16 words (128 4-bit / 256 2-bit inputs)")
     tl.static_assert(GROUP % BLOCK_K == 0, "gemm_tc: a K block must not straddle a group")
     pid = tl.program_id(0)
@@ -181,6 +182,10 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
     a2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     a3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     xs = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    if GROUP == 0:
+        s = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        zt = (z * -5.9604644775390625e-08).to(tl.float16)  # −z·2^−24, an exact subnormal
     for b in range(b0, b1):
         offs_k = b * BLOCK_K + rk
         rows = b * BLOCK_KW + rkw
@@ -203,13 +208,16 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
             g = (b * BLOCK_K) // GROUP
             s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            acc = _combine(acc, a0, a1, a2, a3, tl.sum(xa.to(tl.float32), axis=1), s, z, BITS)
+            zt = (z * -5.9604644775390625e-08).to(tl.float16)  # −z·2^−24, an exact subnormal
+        if ZDOT:
+            a0 = tl.dot(xa, tl.broadcast_to(zt[None, :], (BLOCK_K, BLOCK_N)), a0)  # −z·Σx, on the tensor cores
         else:
             xs += tl.sum(xa.to(tl.float32), axis=1)
+        if GROUP != 0:
+            acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, ZDOT)
+            xs = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if GROUP == 0:
-        s = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS)
+        acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, ZDOT)
     mask = mask_m[:, None] & mask_n[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     if SPLIT_K == 1:

@@ -53,9 +53,10 @@ DEFAULT_GEMM = KernelConfig(block_n=64, block_k=64, split_k=1, block_m=32, num_w
 
 
 def default_gemm_tc(bits: int) -> KernelConfig:
-    """The tensor-core GEMM's fixed default (``harness.packed.gemm_tc``; its K block is 16 packed words)."""
-    return KernelConfig(block_n=128, block_k=gemm_tc.block_k(bits), split_k=1, block_m=16, num_warps=4,
-                        num_stages=3)
+    """The tensor-core GEMM's fixed default (``harness.packed.gemm_tc``; its K block is 16 packed words):
+    4-bit 64 columns a warp, 2-bit 32 (``STATIC_GEMM_TC_SPACE``)."""
+    return KernelConfig(block_n=128, block_k=gemm_tc.block_k(bits), split_k=1, block_m=16,
+                        num_warps=2 if bits == 4 else 4, num_stages=3)
 
 
 MAX_SPLIT_K = 16  # the largest split of the configuration spaces: sizes the fp32 partials
@@ -129,8 +130,11 @@ STATIC_GEMV_SPACE = [(1, bn, bk, w, st) for bn, bk, w in [(128, 128, 1), (256, 6
                                                           (1024, 128, 4)] for st in (2, 3, 4)]
 STATIC_GEMM_SPACE = [(16, bn, bk, w, st) for bn, bk, w in [(32, 128, 2), (64, 64, 4), (64, 128, 4), (128, 64, 4)]
                      for st in (3, 4)]
-# The tensor-core GEMM (M 2–16, fp16): BLOCK_K is 16 packed words (0 here: filled per bits).
-STATIC_GEMM_TC_SPACE = [(16, bn, 0, w, st) for bn, w in [(64, 2), (128, 2), (128, 4), (256, 4)] for st in (3, 4)]
+# The tensor-core GEMM (M 2–16, fp16): BLOCK_K is 16 packed words (0 here: filled per bits). 4-bit: 64 columns
+# a warp (the activation split and the per-group dot are per warp; 32 a warp cost 2.7 instructions per 4-bit g128
+# weight); 2-bit: 32 columns a warp (its four field accumulators spill at 64).
+STATIC_GEMM_TC_SPACE = {4: [(16, bn, 0, w, st) for bn, w in [(128, 2), (256, 4)] for st in (3, 4)],
+                        2: [(16, bn, 0, w, st) for bn, w in [(64, 2), (128, 4)] for st in (3, 4)]}
 STATIC_SPLITS = (1, 2, 4, 8, 16, 32)
 STATIC_M_BUCKETS = (1, 2, 4, 8, 16)
 
@@ -240,7 +244,7 @@ def _tc_sass_configs(bits: int, group: int, quick: bool, space: list | None):
     if quick:
         d = default_gemm_tc(bits)
         space = [(16, d.block_n, bk, d.num_warps, d.num_stages)]
-    space = list(dict.fromkeys((16, bn, bk, w, st) for _, bn, _, w, st in (space or STATIC_GEMM_TC_SPACE)))
+    space = list(dict.fromkeys((16, bn, bk, w, st) for _, bn, _, w, st in (space or STATIC_GEMM_TC_SPACE[bits])))
     types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "epoch": "i32", "M": "i32", "N": "i32", "K": "i32",
              "stride_xm": "i32", "stride_om": "i32", "M_BUCKET": "i32"}
     for bm, bn, _, w, stages in space:
