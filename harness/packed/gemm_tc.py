@@ -14,7 +14,7 @@ lands in shared memory and is read once, straight into the mma operand registers
 in the operand layout, where a thread holds the words of rows (2t, 2t + 1) of a column in one half2
 register: ``field_asm`` (``harness.packed.ptx``) makes that pair with one ``prmt`` (the byte holding
 code j of each of the two words) and one ``and`` per two weights. The activation block is loaded once
-(contiguous) and split into its P strided tiles x_j in registers (``_split``).
+(contiguous) and split into its P strided tiles x_j in registers (``_split8``).
 
 Dequantisation without a fix-up. The ``and`` leaves the field at its place in the byte, so each fp16
 lane is the bit pattern ``q·2^(b·i)`` (i = j mod F, F = 8/b fields a byte): the subnormal value
@@ -24,16 +24,19 @@ scaled once by 2^(24 − b·i); the zero point leaves the weights altogether:
 
     Σ_k x_k·s·(q_k − z) = s·(Σ_i 2^(24 − b·i)·acc_i − z·Σ_k x_k),
 
-with Σ_k x_k (per row, per group) summed in fp32 from the activation block already in registers. Per
-channel (GROUP = 0) this combination runs once after the K loop; per group (GROUP a multiple of
-BLOCK_K) once per K block, on BLOCK_M·BLOCK_N accumulator elements (BLOCK_M/BLOCK_K of a weight each).
-Precision: the sums are fp32 over exact fp16 products (x·q exact), one fp32 rounding per mma step, the
-zero term subtracted in fp32 — as accurate as the fp32 scale-after-dot of ``harness.packed.gemm``.
+per group (GROUP a multiple of BLOCK_K) once per K block: −z·Σx is then one more ``tl.dot`` of the
+activation block with the constant tile −z·2^−24 (an exact subnormal) into acc_0, and s·2^(24 − b·(F − 1))
+multiplies the Horner sum of the field accumulators (one column vector a group); per channel (GROUP = 0)
+Σ_k x_k is summed in fp32 and everything is combined once after the K loop. Precision: fp32 sums of exact
+fp16 products (x·q exact), the zero term in fp32 — as accurate as the fp32 scale-after-dot of
+``harness.packed.gemm``; a spike of 6·10⁴ stays finite (tested).
 
 Cost (sm_90 SASS main loop, ``benchmarks/kernel_sass.py``): per weight ½ ``lop3`` + 1/(2F) ``prmt``
-+ ¼ ``HMMA`` (M = 16: 128 weights per m16n8k16) + the packed load and the x split, far below the
-3.9–4.7 of the reshaping GEMM. fp16 activations only (bf16/fp32 and the interpreter's bf16 run
-``harness.packed.gemm``); PTX = 0 (the interpreter) builds the same fp16 bit patterns in pure Triton.
++ ¼ ``HMMA`` (M = 16: 128 weights per m16n8k16; + ¼ per group for the zero dot) + the packed load and
+the x split: 1.7–2.4 at M = 16 against the reshaping GEMM's 3.1–4.3 (docs/kernels.md).
+
+fp16 activations only (bf16, fp32 and ``HARNESS_HALF2=0`` run ``harness.packed.gemm``); PTX = 0 (the
+interpreter) builds the same fp16 bit patterns in pure Triton.
 """
 from __future__ import annotations
 
@@ -130,7 +133,8 @@ def _block(a0, a1, a2, a3, xa, words, BITS: tl.constexpr, PTX: tl.constexpr):
 
 @triton.jit
 def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr, ZDOT: tl.constexpr):
-    """acc + s·(Σ_i 2^(24 − b·i)·acc_i − z·Σx): s, z (BLOCK_N,) fp32, xs (BLOCK_M,) fp32."""
+    """acc + s·(Σ_i 2^(24 − b·i)·acc_i − z·Σx): s, z (BLOCK_N,) fp32, xs (BLOCK_M,) fp32; with ZDOT the
+    −z·Σx term is already in acc_0."""
     if BITS == 4:  # s·(2^24·a0 + 2^20·a1) = s·2^20·(16·a0 + a1): one scaled column vector
         acc = acc + (a0 * 16.0 + a1) * (s * 1048576.0)[None, :]
     else:  # s·2^18·(64·a0 + 16·a1 + 4·a2 + a3)
