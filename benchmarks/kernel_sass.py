@@ -5,6 +5,7 @@
     python benchmarks/kernel_sass.py --out reference/benchmarks/kernel_sass.json
     python benchmarks/kernel_sass.py --model             # + the occupancy/latency model of the shipped configs
     python benchmarks/kernel_sass.py --ship              # choose harness/packed/static_configs.json by the model
+    python benchmarks/kernel_sass.py --ship --kernels gemm_tc   # ... re-choosing only the tensor-core GEMM's
 
 No GPU is needed: every configuration is compiled for sm_90 (``triton.compile`` to
 ``GPUTarget("cuda", 90, 32)``; Triton's bundled ``ptxas``), disassembled with the bundled ``nvdisasm``
