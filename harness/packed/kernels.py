@@ -90,6 +90,9 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
            group_size: int, config: KernelConfig | None = None) -> torch.Tensor:
     """Run the Triton kernel: x (M, K) fp16/bf16/fp32 → (M, N) in x's dtype.
 
+    2 ≤ M ≤ 16 with fp16 activations (half2 on) and groups of whole K blocks runs the tensor-core GEMM
+    ``harness.packed.gemm_tc`` (never autotuned): for ``config=None``, or a config with ``block_k`` = 16
+    packed words and ``block_m`` = 16; every other M ≥ 2 launch runs ``harness.packed.gemm``.
     ``config=None`` runs a shipped configuration (measured on this GPU, else chosen by the static model:
     ``harness.packed.tuning``), else autotunes if asked (``HARNESS_AUTOTUNE=1``), else the fixed default;
     a given config runs as is

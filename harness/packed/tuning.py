@@ -6,7 +6,8 @@ Which configuration a launch without one runs, first match wins (no compilation 
 1. ``tuned_configs.json``: measured on this GPU model for this shape (filled by ``scripts/gpu_check.sh``);
 2. ``static_configs.json``: chosen for sm_90 (H100/H200, 132 SMs) by the static model of
    ``benchmarks/kernel_sass.py --ship`` (SASS instruction counts, occupancy, waves, latency) for LLaMA-7B's
-   three layer shapes and M buckets 1–16, without a GPU;
+   three layer shapes and M buckets 1–16, without a GPU (M 2–16: entries for both the reshaping GEMM,
+   ``gemm``, and the tensor-core GEMM, ``gemm_tc``, which ``harness.packed.kernels`` prefers where it fits);
 3. with ``HARNESS_AUTOTUNE=1`` only (then in place of 2: a measurement beats the model): autotuning
    (``triton.autotune``, results cached on disk by Triton) over a pruned space (``_prune``) keyed on
    (M bucket, N, K, bits, group size);
