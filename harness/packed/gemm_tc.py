@@ -186,10 +186,6 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
     a2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     a3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     xs = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    if GROUP == 0:
-        s = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        z = tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        zt = (z * -5.9604644775390625e-08).to(tl.float16)  # −z·2^−24, an exact subnormal
     for b in range(b0, b1):
         offs_k = b * BLOCK_K + rk
         rows = b * BLOCK_KW + rkw
@@ -219,8 +215,9 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
             xs += tl.sum(xa.to(tl.float32), axis=1)
         if GROUP != 0:
             acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, ZDOT)
-            xs = tl.zeros((BLOCK_M,), dtype=tl.float32)
     if GROUP == 0:
+        s = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, ZDOT)
     mask = mask_m[:, None] & mask_n[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
