@@ -5,6 +5,7 @@
     python benchmarks/kernel_sass.py --out reference/benchmarks/kernel_sass.json
     python benchmarks/kernel_sass.py --model             # + the occupancy/latency model of the shipped configs
     python benchmarks/kernel_sass.py --ship              # choose harness/packed/static_configs.json by the model
+    python benchmarks/kernel_sass.py --ship --kernels gemm_tc   # ... re-choosing only the tensor-core GEMM's
 
 No GPU is needed: every configuration is compiled for sm_90 (``triton.compile`` to
 ``GPUTarget("cuda", 90, 32)``; Triton's bundled ``ptxas``), disassembled with the bundled ``nvdisasm``
@@ -406,36 +407,46 @@ def fmt_model(kernel: str, r: Row, m: Model) -> str:
 def ship(args) -> int:
     """Choose the static table: per bits × group, compile the static spaces once, model every shape × M
     bucket × split, keep the best (``best_launch``); print the before (the fixed defaults) and after tables;
-    write ``harness/packed/static_configs.json``."""
+    write ``harness/packed/static_configs.json``. ``--kernels`` limits the families re-chosen (gemv: M = 1;
+    gemm: the reshaping GEMM, M 2–16; gemm_tc: the tensor-core GEMM, M 2–16, where its K block fits the
+    group); the other families' entries are kept."""
     import harness.packed.tuning as T
 
     entries, before, after = [], [], []
     bits_list, groups = [int(b) for b in args.bits.split(",")], [int(g) for g in args.groups.split(",")]
+    kernels = [k for k in args.kernels.split(",") if k in ("gemv", "gemm", "gemm_tc")]
     for bits in bits_list:
+        spaces = {"gemv": T.STATIC_GEMV_SPACE, "gemm": T.STATIC_GEMM_SPACE, "gemm_tc": T.STATIC_GEMM_TC_SPACE[bits]}
         for group in groups:
-            gemv_rows = static_rows("gemv", bits, group, T.STATIC_GEMV_SPACE)
-            gemm_rows = static_rows("gemm", bits, group, T.STATIC_GEMM_SPACE)
-            d = T.fit(T.DEFAULT_GEMV, group)
-            (old,) = [r for r in gemv_rows if (r.block_n, r.k_step, r.num_warps, r.num_stages) ==
-                      (d.block_n, d.block_k, d.num_warps, d.num_stages)]
+            rows = {k: static_rows(k, bits, group, spaces[k]) for k in kernels}
+            if "gemv" in rows:
+                d = T.fit(T.DEFAULT_GEMV, group)
+                (old,) = [r for r in rows["gemv"] if (r.block_n, r.k_step, r.num_warps, r.num_stages) ==
+                          (d.block_n, d.block_k, d.num_warps, d.num_stages)]
             for N, K in SHAPES:
-                before.append(fmt_model("gemv", old, model(old, N, K, d.split_k, 1, args.bandwidth, args.latency)))
+                if "gemv" in rows:
+                    before.append(fmt_model("gemv", old, model(old, N, K, d.split_k, 1, args.bandwidth, args.latency)))
                 for mb in T.STATIC_M_BUCKETS:
-                    m, r = best_launch(gemv_rows if mb == 1 else gemm_rows, N, K, mb, args.bandwidth, args.latency)
-                    after.append(fmt_model("gemv" if mb == 1 else "gemm", r, m))
-                    entries.append({"kernel": "gemv" if mb == 1 else "gemm", "m_bucket": mb, "N": N, "K": K,
-                                    "bits": bits, "group": group, "config": config_of(r, m.split_k),
-                                    "instr_per_weight": r.instr_per_weight, "model": asdict(m)})
-    print("before (the fixed default, M = 1):\n" + MODEL_HEADER + "\n" + "\n".join(before))
-    print("\nafter (the static table):\n" + MODEL_HEADER + "\n" + "\n".join(after))
+                    for kernel in kernels:
+                        if (kernel == "gemv") != (mb == 1) or not rows[kernel]:
+                            continue
+                        m, r = best_launch(rows[kernel], N, K, mb, args.bandwidth, args.latency)
+                        after.append(fmt_model(kernel[:5] if kernel != "gemm_tc" else "tc", r, m))
+                        entries.append({"kernel": kernel, "m_bucket": mb, "N": N, "K": K, "bits": bits,
+                                        "group": group, "config": config_of(r, m.split_k),
+                                        "instr_per_weight": r.instr_per_weight, "model": asdict(m)})
+    if before:
+        print("before (the fixed default, M = 1):\n" + MODEL_HEADER + "\n" + "\n".join(before) + "\n")
+    print("after (the static table):\n" + MODEL_HEADER + "\n" + "\n".join(after))
     import torch
 
-    try:  # a run over some bits × groups keeps the others' entries
+    try:  # a run over some kernels × bits × groups keeps the others' entries
         kept = [e for e in json.loads(T.STATIC_TABLE.read_text())["configs"]
-                if e["bits"] not in bits_list or e["group"] not in groups]
+                if e["bits"] not in bits_list or e["group"] not in groups or e["kernel"] not in kernels]
     except (OSError, ValueError, KeyError):
         kept = []
-    entries = sorted(kept + entries, key=lambda e: (-e["bits"], -e["group"], e["N"], e["K"], e["m_bucket"]))
+    entries = sorted(kept + entries, key=lambda e: (-e["bits"], -e["group"], e["N"], e["K"], e["m_bucket"],
+                                                    e["kernel"]))
     out = {"format": 1, "note": "chosen for sm_90 (132 SMs) by benchmarks/kernel_sass.py --ship (static model, no GPU)",
            "triton": triton.__version__, "torch": torch.__version__, "bandwidth": args.bandwidth,
            "latency_s": args.latency, "clock_hz": CLOCK_HZ, "sms": SMS, "configs": entries}
@@ -461,7 +472,8 @@ def shipped_models(bandwidth: float = BANDWIDTH, latency: float = MEM_LATENCY, b
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernels", default="gemv,gemm", help="comma list of kernel families: harness.packed.gemv, .gemm")
+    p.add_argument("--kernels", default="gemv,gemm,gemm_tc",
+                   help="comma list of kernel families: harness.packed.gemv, .gemm, .gemm_tc")
     p.add_argument("--bits", default="4,2")
     p.add_argument("--groups", default="128,0", help="group sizes; 0 = per-channel")
     p.add_argument("--quick", action="store_true", help="the default launch configuration of each kernel only")

@@ -59,6 +59,8 @@ def run_ptx(asm: str, inputs: list[int], n_out: int) -> list:
             regs[d] = val(a[0]) >> val(a[1])
         elif op == "mov.b32":
             regs[d] = val(a[0])
+        elif op == "and.b32":
+            regs[d] = val(a[0]) & val(a[1])
         elif op == "prmt.b32":
             src = val(a[0]) | (val(a[1]) << 32)
             sel = val(a[2])
@@ -224,3 +226,21 @@ def test_unpack_asm_pairs_are_q_minus_z_in_lane_order(bits):
         pairs = run_ptx(ptx.unpack_asm(bits)[0], [word, *zc], P // 2)
         for p, h in enumerate(pairs):
             assert list(_lanes(h)) == [codes[0, p] - z, codes[0, p + P // 2] - z]
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_field_asm_gives_exact_subnormal_codes_of_two_words(bits):
+    """The tensor-core GEMM's ``field_asm`` (issue 26): code j of word a in the lo lane, of word b in the hi lane,
+    each the exact fp16 subnormal q·2^(b·i − 24), i = j mod 8/b (what ``harness.packed.gemm_tc`` scales back by
+    2^(24 − b·i) in fp32), for every j."""
+    import torch
+
+    rng = np.random.default_rng(11)
+    P, F = 32 // bits, 8 // bits
+    for _ in range(20):
+        codes = rng.integers(0, 2**bits, size=(2, P))
+        a, b = [int(w) & M32 for w in pack_codes(torch.tensor(codes, dtype=torch.uint8), bits).flatten().tolist()]
+        for j in range(P):
+            (h,) = run_ptx(ptx.field_asm(bits, j), [a, b], 1)
+            scale = 2.0 ** (bits * (j % F) - 24)
+            assert list(_lanes(h)) == [codes[0, j] * scale, codes[1, j] * scale]

@@ -93,6 +93,58 @@ def test_kernel_matches_reference(N, K, bits, group_size, dtype, M, device):
     check(x, q, s, z, bits, group_size, config)
 
 
+# The tensor-core GEMM (harness.packed.gemm_tc, issue 26): 2 ≤ M ≤ 16, fp16, K blocks of 16 packed words;
+# K = 200 (4-bit): the last block is a partial one (masked words and activations).
+TC_CASES = [(4, -1, 48, 200), (4, 128, 48, 256), (4, 256, 40, 512), (2, -1, 48, 512), (2, 256, 40, 512)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bits,group_size,N,K", TC_CASES)
+@pytest.mark.parametrize("M,split_k", [(2, 1), (5, 2), (16, 1)])
+def test_tensor_core_gemm_matches_reference(bits, group_size, N, K, M, split_k, device):
+    from harness.packed import gemm_tc
+
+    _, q, s, z = packed(N, K, bits, group_size, seed=N + K + bits, device=device, std=0.01)
+    x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(device, torch.float16)
+    x[0, 3] = 6e4  # a spike (small weights keep y finite): the field sums are fp32, nothing overflows
+    check(x, q, s, z, bits, group_size, KernelConfig(block_n=32, block_k=gemm_tc.block_k(bits), split_k=split_k,
+                                                     block_m=16, num_warps=2, num_stages=2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_launch_routes_small_fp16_batches_to_the_tensor_core_gemm(device, monkeypatch):
+    """config=None, fp16, 2 ≤ M ≤ 16 and groups of whole K blocks run gemm_tc; 2-bit g128, bf16, M = 17 and
+    HARNESS_HALF2=0 run the reshaping GEMM."""
+    from harness.packed import gemm, gemm_tc
+
+    ran = []
+    for mod, name in ((gemm_tc, "gemm_tc_even"), (gemm, "gemm_kernel")):
+        kern = getattr(mod, name)
+
+        class Spy:
+            def __init__(self, kern, name):
+                self.kern, self.name = kern, name
+
+            def __getitem__(self, grid):
+                ran.append(self.name)
+                return self.kern[grid]
+
+        monkeypatch.setattr(mod, name, Spy(kern, name))
+    cases = [(4, 128, 3, torch.float16, "gemm_tc_even"), (2, -1, 16, torch.float16, "gemm_tc_even"),
+             (2, 128, 3, torch.float16, "gemm_kernel"), (4, 128, 3, torch.bfloat16, "gemm_kernel"),
+             (4, -1, 17, torch.float16, "gemm_kernel")]
+    for bits, group, M, dtype, want in cases:
+        _, q, s, z = packed(32, 256, bits, group, device=device)
+        x = torch.randn(M, 256, generator=torch.Generator().manual_seed(M)).to(device, dtype)
+        ran.clear()
+        check(x, q, s, z, bits, group)
+        assert ran == [want], (bits, group, M, dtype, ran)
+    monkeypatch.setenv("HARNESS_HALF2", "0")
+    ran.clear()
+    check(x.half(), q, s, z, 4, -1)
+    assert ran == ["gemm_kernel"]
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("M", [1, 5])
 def test_kernel_fp32_activations_and_split_k_with_a_tail(M, device):
@@ -231,7 +283,7 @@ def test_static_table_covers_the_llama_shapes():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kernel", ["gemv", "gemm"])
+@pytest.mark.parametrize("kernel", ["gemv", "gemm", "gemm_tc"])
 def test_static_table_configs_run_right(kernel, device):
     """Each distinct configuration of the static table (its tiles, warps, stages and split, up to 32 splits),
     run on a shape of a few of its tiles against the reference; K has fewer blocks than some splits, so
@@ -245,7 +297,7 @@ def test_static_table_configs_run_right(kernel, device):
         seen.add((c, bits, group))
         g = group or -1
         K = 4 * (min(c.block_k, group) if group else c.block_k)
-        N = 2 * c.block_n if kernel == "gemm" else c.block_n
+        N = c.block_n if kernel == "gemv" else 2 * c.block_n
         _, q, s, z = packed(N, K, bits, g, seed=bits + N, device=device)
         x = torch.randn(1 if kernel == "gemv" else min(mb, 3), K, generator=torch.Generator().manual_seed(1))
         check(x.to(device, torch.float16), q, s, z, bits, g, c)

@@ -1,5 +1,5 @@
 """The harness runs where Triton is absent: only the kernel modules of ``harness.packed`` (``kernels`` and
-the ``gemv``, ``gemm``, ``common``, ``tuning`` modules it imports) import it, and only when a kernel runs
+the ``gemv``, ``gemm``, ``gemm_tc``, ``common``, ``tuning`` modules it imports) import it, and only when a kernel runs
 (CUDA, or the interpreter). Triton is hidden in subprocesses by ``tests/no_triton``."""
 import json
 import os

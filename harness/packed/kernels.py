@@ -4,7 +4,9 @@
 ``scales``/``zeros`` (G, N) fp16. One kernel family per module, as gemlite keeps them:
 
 - ``harness.packed.gemv``: M = 1 (decode), memory-bound; half2 inline PTX for fp16 activations.
-- ``harness.packed.gemm``: M ≥ 2, ``tl.dot`` tiles; the packed tile unpacked in registers.
+- ``harness.packed.gemm_tc``: 2 ≤ M ≤ 16, fp16 activations: one ``tl.dot`` per code position of the packed
+  tile (no reshape, no shared-memory round trip of the unpacked weights; issue 26).
+- ``harness.packed.gemm``: the other M ≥ 2 launches, ``tl.dot`` tiles; the packed tile unpacked in registers.
 - ``harness.packed.common``: what both share (magic numbers, zero constants, the split-K epilogue).
 - ``harness.packed.ptx``: the inline-PTX strings (plain Python; emulated in ``tests/test_kernel_asm.py``).
 - ``harness.packed.tuning``: fixed defaults, autotuning spaces and pruning, the shipped per-GPU table.
@@ -29,7 +31,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from harness.packed import gemm, gemv
+from harness.packed import gemm, gemm_tc, gemv
 from harness.packed.common import COUNT_BITS
 from harness.packed.packing import codes_per_word
 from harness.packed.switches import autotune_enabled, half2_enabled, interpreting
@@ -38,6 +40,7 @@ from harness.packed.tuning import (
     DEFAULT_GEMV,
     MAX_SPLIT_K,
     KernelConfig,
+    default_gemm_tc,
     fit,
     gemm_tuned,
     gemv_tuned,
@@ -87,6 +90,9 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
            group_size: int, config: KernelConfig | None = None) -> torch.Tensor:
     """Run the Triton kernel: x (M, K) fp16/bf16/fp32 → (M, N) in x's dtype.
 
+    2 ≤ M ≤ 16 with fp16 activations (half2 on) and groups of whole K blocks runs the tensor-core GEMM
+    ``harness.packed.gemm_tc`` (never autotuned): for ``config=None``, or a config with ``block_k`` = 16
+    packed words and ``block_m`` = 16; every other M ≥ 2 launch runs ``harness.packed.gemm``.
     ``config=None`` runs a shipped configuration (measured on this GPU, else chosen by the static model:
     ``harness.packed.tuning``), else autotunes if asked (``HARNESS_AUTOTUNE=1``), else the fixed default;
     a given config runs as is
@@ -101,10 +107,14 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     group = 0 if group_size == -1 or group_size == K else group_size
     x = x.contiguous()
     is_gemv = M == 1 and (group == 0 or group >= 2 * P)  # a GEMV block holds two words a column (2-bit g16: GEMM)
+    # 2 ≤ M ≤ 16, fp16: the tensor-core GEMM, unless a given config asks for another K block or row tile
+    tc = not is_gemv and gemm_tc.fits(M, bits, group, half2_enabled(x)) and (
+        config is None or (config.block_k == gemm_tc.block_k(bits) and config.block_m == 16))
     if config is None:  # measured, else (unless tuning was asked for) the static model's choice; CUDA only
-        config = shipped_config(is_gemv, x, N, K, bits, group, static=not autotune_enabled())
-    tuned = config is None and autotune_enabled()
-    cfg = fit(config or (DEFAULT_GEMV if is_gemv else DEFAULT_GEMM), group)
+        config = shipped_config(is_gemv, x, N, K, bits, group, static=tc or not autotune_enabled(),
+                                kernel="gemm_tc" if tc else None)
+    tuned = config is None and autotune_enabled() and not tc  # the tensor-core GEMM is not autotuned
+    cfg = fit(config or (DEFAULT_GEMV if is_gemv else default_gemm_tc(bits) if tc else DEFAULT_GEMM), group)
     split = MAX_SPLIT_K if tuned else cfg.split_k
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     part = torch.empty((split, M, N) if split > 1 else (1,), device=x.device, dtype=torch.float32)
@@ -120,6 +130,12 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
             grid = (triton.cdiv(N, cfg.block_n), cfg.split_k)
             gemv.gemv_even[grid](x, qweight, scales, zeros, out, part, cnt, epoch, N, K, 1, **common, **cfg.meta(True),
                                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    elif tc:
+        grid = (triton.cdiv(M, 16) * triton.cdiv(N, cfg.block_n), cfg.split_k)
+        gemm_tc.gemm_tc_even[grid](x, qweight, scales, zeros, out, part, cnt, epoch, M, N, K, x.stride(0),
+                                   out.stride(0), m_bucket(M), BITS=bits, GROUP=group, BLOCK_M=16,
+                                   BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=8,
+                                   PTX=not interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         mb = m_bucket(M)
         common["DOT_F32"] = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())

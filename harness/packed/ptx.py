@@ -139,3 +139,17 @@ def unpack_asm(bits: int) -> tuple[str, str]:
         lines += fixup
     lines.append("}")
     return "\n".join(lines), ",".join(["=r"] * (P // 2) + ["r"] * (1 + F))
+
+
+def field_asm(bits: int, j: int) -> str:
+    """PTX for the tensor-core GEMM (``harness.packed.gemm_tc``), ``pack=2``: code j of two words ``$1``
+    (lo lane) and ``$2`` (hi lane) as an fp16 pair in ``$0``, each lane the field left in place in its byte
+    and nothing else: the fp16 bit pattern ``q·2^(b·i)`` (i = j mod 8/b), i.e. the *subnormal* value
+    ``q·2^(b·i − 24)``, exact. One ``prmt`` (byte j·b/8 of each word into the low byte of its lane) and one
+    ``and`` (the field); no fix-up: the kernel multiplies each field's fp32 sum by 2^(24 − b·i) and
+    subtracts ``z·Σx`` per group, so the zero point costs nothing per weight."""
+    F = 8 // bits
+    byte, i = divmod(j, F)
+    sel = byte | (byte << 4) | ((4 + byte) << 8) | ((4 + byte) << 12)
+    mask = (((1 << bits) - 1) << (bits * i)) * 0x00010001
+    return f"{{\n.reg .b32 t;\nprmt.b32 t, $1, $2, 0x{sel:04X};\nand.b32 $0, t, 0x{mask:08X};\n}}"

@@ -6,7 +6,8 @@ Which configuration a launch without one runs, first match wins (no compilation 
 1. ``tuned_configs.json``: measured on this GPU model for this shape (filled by ``scripts/gpu_check.sh``);
 2. ``static_configs.json``: chosen for sm_90 (H100/H200, 132 SMs) by the static model of
    ``benchmarks/kernel_sass.py --ship`` (SASS instruction counts, occupancy, waves, latency) for LLaMA-7B's
-   three layer shapes and M buckets 1–16, without a GPU;
+   three layer shapes and M buckets 1–16, without a GPU (M 2–16: entries for both the reshaping GEMM,
+   ``gemm``, and the tensor-core GEMM, ``gemm_tc``, which ``harness.packed.kernels`` prefers where it fits);
 3. with ``HARNESS_AUTOTUNE=1`` only (then in place of 2: a measurement beats the model): autotuning
    (``triton.autotune``, results cached on disk by Triton) over a pruned space (``_prune``) keyed on
    (M bucket, N, K, bits, group size);
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 import triton
 
-from harness.packed import gemm, gemv
+from harness.packed import gemm, gemm_tc, gemv
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,15 @@ class KernelConfig:
 
 DEFAULT_GEMV = KernelConfig(block_n=512, block_k=128, split_k=8, num_warps=2, num_stages=3)
 DEFAULT_GEMM = KernelConfig(block_n=64, block_k=64, split_k=1, block_m=32, num_warps=4, num_stages=2)
+
+
+def default_gemm_tc(bits: int) -> KernelConfig:
+    """The tensor-core GEMM's fixed default (``harness.packed.gemm_tc``; its K block is 16 packed words):
+    4-bit 64 columns a warp, 2-bit 32 (``STATIC_GEMM_TC_SPACE``)."""
+    return KernelConfig(block_n=128, block_k=gemm_tc.block_k(bits), split_k=1, block_m=16,
+                        num_warps=2 if bits == 4 else 4, num_stages=3)
+
+
 MAX_SPLIT_K = 16  # the largest split of the configuration spaces: sizes the fp32 partials
 # Split-K pays only while the output tiles alone leave SMs idle. The spaces were tuned on H100/H200
 # (132 SMs); two resident programs per SM fill them, so from 2 × 132 tiles on a launch needs no split.
@@ -121,6 +131,11 @@ STATIC_GEMV_SPACE = [(1, bn, bk, w, st) for bn, bk, w in [(128, 128, 1), (256, 6
                                                           (1024, 128, 4)] for st in (2, 3, 4)]
 STATIC_GEMM_SPACE = [(16, bn, bk, w, st) for bn, bk, w in [(32, 128, 2), (64, 64, 4), (64, 128, 4), (128, 64, 4)]
                      for st in (3, 4)]
+# The tensor-core GEMM (M 2–16, fp16): BLOCK_K is 16 packed words (0 here: filled per bits). 4-bit: 64 columns
+# a warp (the activation split and the per-group dot are per warp; 32 a warp cost 2.7 instructions per 4-bit g128
+# weight); 2-bit: 32 columns a warp (its four field accumulators spill at 64).
+STATIC_GEMM_TC_SPACE = {4: [(16, bn, 0, w, st) for bn, w in [(128, 2), (256, 4)] for st in (3, 4)],
+                        2: [(16, bn, 0, w, st) for bn, w in [(64, 2), (128, 4)] for st in (3, 4)]}
 STATIC_SPLITS = (1, 2, 4, 8, 16, 32)
 STATIC_M_BUCKETS = (1, 2, 4, 8, 16)
 
@@ -136,9 +151,11 @@ def _static(path: str = str(STATIC_TABLE)) -> dict:
             for e in entries}
 
 
-def static_config(is_gemv: bool, M: int, N: int, K: int, bits: int, group: int) -> KernelConfig | None:
-    """The configuration the static model chose for this shape (``static_configs.json``), if any."""
-    return _static().get(("gemv" if is_gemv else "gemm", m_bucket(M), N, K, bits, group))
+def static_config(is_gemv: bool, M: int, N: int, K: int, bits: int, group: int,
+                  kernel: str | None = None) -> KernelConfig | None:
+    """The configuration the static model chose for this shape (``static_configs.json``), if any; ``kernel``
+    names the family when it is not the GEMV or the reshaping GEMM (``gemm_tc``)."""
+    return _static().get((kernel or ("gemv" if is_gemv else "gemm"), m_bucket(M), N, K, bits, group))
 
 
 @functools.cache
@@ -153,15 +170,16 @@ def _shipped(path: str = str(TUNED_TABLE)) -> dict:
 
 
 def shipped_config(is_gemv: bool, x: torch.Tensor, N: int, K: int, bits: int, group: int,
-                   static: bool = True) -> KernelConfig | None:
+                   static: bool = True, kernel: str | None = None) -> KernelConfig | None:
     """A configuration measured on this GPU model (``tuned_configs.json``), else (``static``) the static
     model's choice (``static_configs.json``), if either has this shape; CUDA only (the interpreter runs
     fixed configurations)."""
     if x.device.type != "cuda":
         return None
-    key = (torch.cuda.get_device_name(x.device), "gemv" if is_gemv else "gemm", m_bucket(x.shape[0]), N, K, bits,
-           group, str(x.dtype).removeprefix("torch."))
-    return _shipped().get(key) or (static_config(is_gemv, x.shape[0], N, K, bits, group) if static else None)
+    name = kernel or ("gemv" if is_gemv else "gemm")
+    key = (torch.cuda.get_device_name(x.device), name, m_bucket(x.shape[0]), N, K, bits, group,
+           str(x.dtype).removeprefix("torch."))
+    return _shipped().get(key) or (static_config(is_gemv, x.shape[0], N, K, bits, group, name) if static else None)
 
 
 def export_tuned(device_name: str) -> list[dict]:
@@ -188,6 +206,9 @@ def sass_configs(kernel: str, bits: int, group: int, quick: bool = False, space:
     ``space``: these (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) (BLOCK_K clamped to the group).
     Split-K changes only the epilogue, so the main loop is compiled at SPLIT_K = 1."""
     is_gemv = kernel == "gemv"
+    if kernel == "gemm_tc":
+        yield from _tc_sass_configs(bits, group, quick, space)
+        return
     if space is not None:
         space = list(dict.fromkeys((bm, bn, min(bk, group) if group else bk, w, st) for bm, bn, bk, w, st in space))
     elif quick:
@@ -214,3 +235,20 @@ def sass_configs(kernel: str, bits: int, group: int, quick: bool = False, space:
             types.update(part_ptr="*fp32", cnt_ptr="*i32", epoch="i32")
             ce.update(BLOCK_M=bm, GROUP_M=8, DOT_F32=False, HALF2=True, PTX=True)
             yield gemm.gemm_kernel, types, ce, w, stages, bits, group, bk, bn
+
+
+def _tc_sass_configs(bits: int, group: int, quick: bool, space: list | None):
+    """``sass_configs`` of the tensor-core GEMM (none where a K block of 16 words would straddle a group)."""
+    bk = gemm_tc.block_k(bits)
+    if group and group % bk:
+        return
+    if quick:
+        d = default_gemm_tc(bits)
+        space = [(16, d.block_n, bk, d.num_warps, d.num_stages)]
+    space = list(dict.fromkeys((16, bn, bk, w, st) for _, bn, _, w, st in (space or STATIC_GEMM_TC_SPACE[bits])))
+    types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "epoch": "i32", "M": "i32", "N": "i32", "K": "i32",
+             "stride_xm": "i32", "stride_om": "i32", "M_BUCKET": "i32"}
+    for bm, bn, _, w, stages in space:
+        ce = dict(BITS=bits, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, GROUP_M=8, PTX=True,
+                  EVEN=True)
+        yield gemm_tc.gemm_tc_kernel, types, ce, w, stages, bits, group, bk, bn
