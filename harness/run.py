@@ -325,6 +325,10 @@ def load(p: Plan) -> Loaded:
                                         offload=p.offload)
     for task in p.tasks:
         task.check_tokenizer(tokenizer)
+    imported = info.get("imported_checkpoint")
+    if imported and p.method.quantizes:
+        raise ConfigError(f"model.path={p.model_cfg.path} is a quantized {imported['format']} checkpoint "
+                          f"({imported['label']}); evaluate it with method=fp16 (it is not quantized again)")
     checkpoint = info.get("packed_checkpoint")
     if checkpoint and p.method.quantizes:
         raise ConfigError(f"model.path={p.model_cfg.path} is a packed checkpoint ({checkpoint['method']['label']}); "
@@ -348,6 +352,16 @@ def quantize(p: Plan, m: Loaded, run: RunContext) -> tuple[dict[str, Any], dict[
     if p.offload:  # quantized layer by layer on the device; evaluated as a whole there (or over the device map)
         place(m.model, p.model_cfg, p.env.device, p.env.cache_dir)
     quant, grids = result.summary, result.grids
+    if (imported := m.info.get("imported_checkpoint")) is not None:
+        from harness.quantize.layers import linear_layers
+
+        bits = {k: v["bits"] for k, v in imported["bit_map"].items()}
+        size = {k: m.model.get_submodule(k).in_features * m.model.get_submodule(k).out_features for k in bits}
+        rest = sum(mod.weight.numel() for k, mod in linear_layers(m.model).items() if k not in bits)
+        # nominal bits over the decoder linears (any left unquantized count at 16, as in the harness's own runs)
+        quant = {"imported_from": p.model_cfg.path, "source_format": imported["format"], "bit_plan": bits,
+                 "avg_bits": (sum(size[k] * b for k, b in bits.items()) + 16 * rest) / (sum(size.values()) + rest),
+                 "quantization_config": imported["quantization_config"]}
     if m.checkpoint:
         from harness.packed.qlinear import measured_bits
 
@@ -437,6 +451,11 @@ def make_record(p: Plan, m: Loaded, run: RunContext, quant: dict[str, Any], cali
     method = method_record(p.method)
     if m.checkpoint:
         method = {**m.checkpoint["method"], "loaded_from_checkpoint": True}
+    if (imported := m.info.get("imported_checkpoint")) is not None:
+        method = {"name": f"imported-{imported['format']}", "label": imported["label"],
+                  "options": {k: imported["quantization_config"].get(k) for k in ("bits", "group_size", "sym",
+                                                                                  "desc_act", "format")},
+                  "imported": True}
     return {
         "schema": SCHEMA_VERSION,
         "run_id": p.run_id,
