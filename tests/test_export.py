@@ -113,10 +113,10 @@ def load_compressed_tensors(folder: Path):
 def load_gptqmodel(folder: Path, monkeypatch):
     gptqmodel = pytest.importorskip("gptqmodel", reason="GPTQModel (needs torch>=2.14.1) is not installed: see the "
                                                         "module docstring")
-    from gptqmodel.quantization.config import QuantizeConfig
+    from gptqmodel.quantization.config import BaseQuantizeConfig
 
     if not json.loads((folder / "config.json").read_text())["quantization_config"]["sym"]:
-        monkeypatch.setattr(QuantizeConfig, "is_quantized_by_gptaq", lambda self: True)  # the version gate only
+        monkeypatch.setattr(BaseQuantizeConfig, "is_quantized_by_gptaq", lambda self: True)  # the version gate only
     return gptqmodel.GPTQModel.load(str(folder), device="cpu", backend=gptqmodel.BACKEND.TORCH,
                                     dtype=torch.float16).model.eval()
 
