@@ -170,14 +170,14 @@ def test_gptq_export_loads_in_gptqmodel(fam, meth, tiny_cfg, monkeypatch):
 
 @pytest.mark.parametrize("fmt", ("gptq", "compressed-tensors"))
 @pytest.mark.parametrize("meth", ("gptq4-g32", "gptq3"))
-def test_export_then_import_reproduces_the_run(fmt, meth, tiny_cfg):
+def test_export_then_import_reproduces_the_run(fmt, meth, tiny_cfg, cache_dir):
     """Round trip: model=hf model.path=<exported folder> computes exactly what the run evaluated (2/4-bit on the
     packed kernels, the same codes and fp16 scales; 3-bit dequantized: within fp16 rounding of the scales)."""
     from harness.inputs.model import ModelConfig, load_model
 
     model, folder, _ = export_run(tiny_cfg, "llama", METHODS[meth], fmt)
     imported, _, info = load_model(ModelConfig(name="x", path=str(folder), tokenizer="embedded", dtype="float32"),
-                                   "cpu", Path("/tmp"))
+                                   "cpu", cache_dir)
     ids = windows(model.config.vocab_size)
     with torch.no_grad():
         a, b = model(input_ids=ids).logits, imported(input_ids=ids).logits
@@ -219,3 +219,38 @@ def test_a_plan_that_splits_a_fused_layer_is_refused_before_quantizing(tiny_cfg,
 def test_bad_export_input_gets_one_line_before_loading(overrides, message, tiny_cfg):
     with pytest.raises(ConfigError, match=message):
         plan(tiny_cfg("task=[wikitext2]", "save=true", "save_format=gptq", *overrides))
+
+
+def _corrupt(folder: Path, what: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    cfg_file = folder / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    if what == "awq":
+        cfg["quantization_config"]["quant_method"] = "awq"
+    elif what == "rule":
+        cfg["quantization_config"]["dynamic"] = {r"+:^model\.layers\.9\.mlp\.down_proj$": {"bits": 2}}
+    elif what == "shape":
+        state = load_file(folder / "model.safetensors")
+        key = "model.layers.1.mlp.down_proj.qweight"
+        state[key] = state[key][:-1].contiguous()
+        save_file(state, folder / "model.safetensors")
+    elif what == "truncated":
+        data = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    cfg_file.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("what,message", [
+    ("awq", "quantized with quant_method='awq', which the harness does not read"),
+    ("rule", r"the dynamic rule .*layers\\.9.* matches no quantized module"),
+    ("shape", r"model\.layers\.1\.mlp\.down_proj has qweight \(15, 64\).*corrupt tensor"),
+    ("truncated", "cannot read model.safetensors"),
+])
+def test_a_bad_checkpoint_is_one_line(what, message, tiny_cfg, cache_dir):
+    from harness.inputs.model import ModelConfig, load_model
+
+    _, folder, _ = export_run(tiny_cfg, "llama", METHODS["rtn4-sym"], "gptq")
+    _corrupt(folder, what)
+    with pytest.raises(ConfigError, match=message):
+        load_model(ModelConfig(name="x", path=str(folder), tokenizer="embedded", dtype="float32"), "cpu", cache_dir)
