@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import harness
 from harness.errors import ConfigError
 from harness.export.bitstream import pack_last
 from harness.export.common import LayerCodes, hf_folder, other_tensors, unquantized_linears
@@ -68,6 +67,16 @@ def pack_layer(name: str, lc: LayerCodes) -> dict[str, torch.Tensor]:
     return out
 
 
+def harness_version() -> str:
+    """This package's version from its metadata (``harness/__init__`` is a layer above this module)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("quant-harness")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def unit_pattern(unit: str) -> str:
     """An anchored regex for one module, or for a fused layer and all its shards."""
     parent, _, local = unit.rpartition(".")
@@ -93,7 +102,7 @@ def quantization_config(codes: dict[str, LayerCodes], skipped: list[str]) -> dic
     cfg = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": desc_act,
            "sym": sym.pop() if len(sym) == 1 else False, "checkpoint_format": "gptq", "pack_dtype": "int32",
            "lm_head": False, "true_sequential": True, "static_groups": False, "damp_percent": 0.01,
-           "meta": {"quantizer": [f"quant-harness:{harness.__version__}"]}}
+           "meta": {"quantizer": [f"quant-harness:{harness_version()}"]}}
     if dynamic:
         cfg["dynamic"] = dynamic
     return cfg
