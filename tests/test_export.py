@@ -261,3 +261,25 @@ def test_a_bad_checkpoint_is_one_line(what, message, tiny_cfg, cache_dir):
     _corrupt(folder, what)
     with pytest.raises(ConfigError, match=message):
         load_model(ModelConfig(name="x", path=str(folder), tokenizer="embedded", dtype="float32"), "cpu", cache_dir)
+
+
+@pytest.mark.parametrize("allocator", ("greedy", "knapsack"))
+def test_fused_units_give_every_fused_layer_one_width_within_the_budget(allocator):
+    from torch import nn
+
+    from harness.export.common import fused_mismatch
+    from harness.quantize.driver import plan_specs
+    from methods.aptq import Aptq
+
+    names = [f"model.layers.{i}.{m}" for i in range(2) for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    layers = {n: nn.Linear(64, 64, bias=False) for n in names}
+    scores = {n: float((7 * i) % 11) for i, n in enumerate(names)}  # shards of one fused layer disagree
+    free = Aptq(Aptq.default_config(ratio=0.5, allocator=allocator))
+    tied = Aptq(Aptq.default_config(ratio=0.5, allocator=allocator, units="fused"))
+    assert fused_mismatch(plan_specs(free, layers, scores)[0]) is not None  # the free plan splits one
+    specs, info = plan_specs(tied, layers, scores)
+    assert fused_mismatch(specs) is None and info["units"] == "fused"
+    assert sum(s.bits for s in specs.values()) / len(specs) <= 3.0 + 1e-9  # the same budget: 4·0.5 + 2·0.5
+    assert {s.bits for s in specs.values()} == {2, 4}
