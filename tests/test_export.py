@@ -71,7 +71,8 @@ def logits_and_ppl(model, ids: torch.Tensor, dtype=torch.float32) -> tuple[torch
 
 def export_run(tiny_cfg, fam: str, method: tuple[str, ...], fmt: str):
     """plan → load → quantize → export → pack (where packable): (the harness's model, the exported folder)."""
-    p = plan(tiny_cfg(f"model=tiny_{fam}", *method, "task=[wikitext2]", "save=true", f"save_format={fmt}"))
+    model = "model=smollm2_135m" if fam == "default" else f"model=tiny_{fam}"
+    p = plan(tiny_cfg(model, *method, "task=[wikitext2]", "save=true", f"save_format={fmt}"))
     m = load(p)
     run = RunContext(run_id=p.run_id, config=p.cfg, results_dir=p.results_dir, identity=p.identity)
     quant, grids, _ = quantize(p, m, run)
@@ -283,3 +284,17 @@ def test_fused_units_give_every_fused_layer_one_width_within_the_budget(allocato
     assert fused_mismatch(specs) is None and info["units"] == "fused"
     assert sum(s.bits for s in specs.values()) / len(specs) <= 3.0 + 1e-9  # the same budget: 4·0.5 + 2·0.5
     assert {s.bits for s in specs.values()} == {2, 4}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ("gptq", "compressed-tensors"))
+def test_the_default_model_exports_load_in_the_ecosystem(fmt, tiny_cfg, monkeypatch):
+    """SmolLM2-135M, RTN-4 g64 sym: the folder read by GPTQModel (fp16) or transformers + compressed-tensors
+    (fp32) against the harness's packed model, on two 128-token windows."""
+    model, folder, _ = export_run(tiny_cfg, "default", ("method=rtn", "bits=4", "group_size=64", "sym=true"), fmt)
+    ids = windows(model.config.vocab_size, n=2, T=128)
+    ref = logits_and_ppl(model, ids)
+    if fmt == "gptq":
+        check_close(ref, logits_and_ppl(load_gptqmodel(folder, monkeypatch), ids), 2e-2)
+    else:
+        check_close(ref, logits_and_ppl(load_compressed_tensors(folder), ids), FP32_TOL)
