@@ -251,8 +251,11 @@ def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[st
     # (the exported folder then computes exactly what was evaluated); 3/8-bit exports evaluate fake-quant.
     pack = bool(cfg.get("pack", False)) or (save and (not exports or method.pack_refusal() is None))
     if exports:
+        c = method.config
+        dynamic_groups = bool(getattr(c, "act_order", False) and getattr(c, "group_size", -1) != -1
+                              and not getattr(c, "static_groups", True))
         check_export(save_format, method.export_refusal(), method.bit_widths(),
-                     architecture(model_cfg, env.cache_dir) if method.quantizes else None)
+                     architecture(model_cfg, env.cache_dir) if method.quantizes else None, dynamic_groups)
     check_capabilities(method, model_cfg, env, pack)
     check_placement(cfg, method, model_cfg, env, pack)
     warnings = ignored_overrides(list(overrides or []), method)

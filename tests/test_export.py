@@ -40,6 +40,7 @@ METHODS = {  # name → overrides: RTN-4 (sym, both loaders' common case), GPTQ-
     "rtn4-sym": ("method=rtn", "bits=4", "sym=true"),
     "gptq4-g32": ("method=gptq", "bits=4", "group_size=32", "act_order=true", "method.static_groups=true"),
     "gptq3": ("method=gptq", "bits=3"),
+    "gptq4-g32-act": ("method=gptq", "bits=4", "group_size=32", "act_order=true"),  # dynamic groups: a permuted g_idx
     "rtn8-g32": ("method=rtn", "bits=8", "group_size=32", "sym=true"),
     "aptq-2/4": ("method=aptq", "ratio=0.5", "method.units=fused"),
 }
@@ -151,6 +152,8 @@ MATRIX = [pytest.param(fam, meth, marks=() if (i + j) % 5 == 0 else pytest.mark.
 
 @pytest.mark.parametrize("fam,meth", MATRIX)
 def test_compressed_tensors_export_loads_in_transformers(fam, meth, tiny_cfg):
+    if meth == "gptq4-g32-act":
+        pytest.skip("compressed-tensors 0.20 stores no dynamic groups: refused (test_bad_export_input_...)")
     from harness.packed.qlinear import QuantLinear
 
     model, folder, _ = export_run(tiny_cfg, fam, METHODS[meth], "compressed-tensors")
@@ -221,6 +224,8 @@ def test_a_plan_that_splits_a_fused_layer_is_refused_before_quantizing(tiny_cfg,
     (("save_format=awq",), "save_format='awq' is unknown"),
     (("method=owq", "bits=4"), "save_format=gptq: fp16 weak columns are not one uniform integer grid"),
     (("model=tiny_mixtral",), "mixture-of-experts"),
+    (("method=gptq", "group_size=32", "act_order=true", "save_format=compressed-tensors"),
+     "save_format=compressed-tensors cannot hold act-order with dynamic groups"),
     (("method=rtn", "bits=3", "model.random_init.intermediate_size=112"),
      "cannot pack 3-bit codes of intermediate size=112"),
 ])

@@ -37,11 +37,17 @@ def check_format(fmt: Any) -> str:
     return fmt
 
 
-def check_export(fmt: str, refusal: str | None, bit_widths: tuple[int, ...], arch: Any) -> None:
+def check_export(fmt: str, refusal: str | None, bit_widths: tuple[int, ...], arch: Any,
+                 dynamic_groups: bool = False) -> None:
     """One line, before any model is loaded, for an export this run cannot write. ``refusal``: the method's
-    ``export_refusal()``; ``arch``: the model's transformers config."""
+    ``export_refusal()``; ``arch``: the model's transformers config; ``dynamic_groups``: act-order with
+    dynamic groups (a permuted ``g_idx``)."""
     if refusal:
         raise ConfigError(f"save_format={fmt}: {refusal}")
+    if dynamic_groups and not FORMATS[fmt].DYNAMIC_GROUPS:
+        raise ConfigError(f"save_format={fmt} cannot hold act-order with dynamic groups (a permuted g_idx; "
+                          f"compressed-tensors 0.20 removed actorder='group'); set method.static_groups=true "
+                          f"or use save_format=gptq")
     if is_moe(arch):
         raise ConfigError(f"save_format={fmt}: exporting mixture-of-experts models is not supported (the harness "
                           f"quantizes unfused per-expert layers, the formats name transformers' fused experts); "

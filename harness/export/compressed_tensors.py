@@ -10,8 +10,8 @@ Per quantized linear layer ``<name>`` of shape (N = out_features, K = in_feature
   weights are the harness's packed ones exactly; the format allows any float dtype);
 - ``<name>.weight_zero_point`` int32 (ceil(N·b/32), G): asymmetric grids only, signed zero points z − 2^(b−1)
   packed along N the same way (a symmetric grid's zero point is 2^(b−1), compressed-tensors' 0, not stored);
-- ``<name>.weight_shape`` int64 (2,) = (N, K); ``<name>.weight_g_idx`` int32 (K,) for act-order with dynamic
-  groups (``actorder: "group"``); ``<name>.bias`` when the layer has one.
+- ``<name>.weight_shape`` int64 (2,) = (N, K); ``<name>.bias`` when the layer has one. Act-order with dynamic
+  groups (``actorder: "group"``, ``weight_g_idx``) was removed in compressed-tensors 0.20: refused here.
 
 ``quantization_config``: ``quant_method: "compressed-tensors"``, ``format: "pack-quantized"``, one entry of
 ``config_groups`` per grid (bits, group size, symmetry, act-order) with its ``targets``: ``["Linear"]`` when
@@ -32,6 +32,7 @@ from harness.export.common import LayerCodes, hf_folder, other_tensors, unquanti
 
 NAME = "compressed-tensors"
 BITS = (2, 3, 4, 8)
+DYNAMIC_GROUPS = False  # actorder="group" (weight_g_idx) was removed in compressed-tensors 0.20
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -44,6 +45,9 @@ def check_widths(widths: dict[str, int], bits_used: tuple[int, ...]) -> None:
 
 def pack_layer(name: str, lc: LayerCodes, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The pack-quantized tensors of one layer (module docstring)."""
+    if lc.g_idx is not None:
+        raise ConfigError(f"save_format=compressed-tensors: {name} has act-order dynamic groups (a permuted g_idx), "
+                          f"which compressed-tensors 0.20 no longer stores; use method.static_groups=true")
     N, K = lc.shape
     out = {
         f"{name}.weight_packed": pack_last(lc.codes, lc.bits).contiguous(),  # (N, ceil(K·b/32))
@@ -52,8 +56,6 @@ def pack_layer(name: str, lc: LayerCodes, dtype: torch.dtype) -> dict[str, torch
     }
     if not lc.sym:  # (N, G) → packed along N: (ceil(N·b/32), G)
         out[f"{name}.weight_zero_point"] = pack_last(lc.zero.t(), lc.bits).t().contiguous()
-    if lc.g_idx is not None:
-        out[f"{name}.weight_g_idx"] = lc.g_idx.contiguous()
     if lc.bias is not None:
         out[f"{name}.bias"] = lc.bias.contiguous()
     return out
@@ -67,7 +69,7 @@ def weights_args(lc: LayerCodes) -> dict[str, Any]:
     grouped = lc.group_size != -1
     return {"num_bits": lc.bits, "type": "int", "symmetric": lc.sym, "dynamic": False,
             "strategy": "group" if grouped else "channel", "group_size": lc.group_size if grouped else None,
-            "actorder": "group" if lc.g_idx is not None else None, "observer": "minmax", "block_structure": None}
+            "actorder": None, "observer": "minmax", "block_structure": None}
 
 
 def quantization_config(codes: dict[str, LayerCodes], skipped: list[str], version: str | None) -> dict[str, Any]:

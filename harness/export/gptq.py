@@ -37,6 +37,7 @@ from harness.quantize.layers import FUSED_SHARDS, fused_unit
 
 NAME = "gptq"
 BITS = (2, 3, 4, 8)
+DYNAMIC_GROUPS = True  # g_idx with desc_act: true
 WEIGHTS_FILE = "model.safetensors"
 
 
