@@ -362,8 +362,13 @@ def quantize(p: Plan, m: Loaded, run: RunContext) -> tuple[dict[str, Any], dict[
         size = {k: m.model.get_submodule(k).in_features * m.model.get_submodule(k).out_features for k in bits}
         rest = sum(mod.weight.numel() for k, mod in linear_layers(m.model).items() if k not in bits)
         # nominal bits over the decoder linears (any left unquantized count at 16, as in the harness's own runs)
+        total = sum(size.values()) + rest
+        # with overhead: an fp16 scale and a zero point of the layer's width per group, as the formats store them
+        over = {k: (16 + v["bits"]) / (m.model.get_submodule(k).in_features if v["group_size"] == -1
+                                       else v["group_size"]) for k, v in imported["bit_map"].items()}
         quant = {"imported_from": p.model_cfg.path, "source_format": imported["format"], "bit_plan": bits,
-                 "avg_bits": (sum(size[k] * b for k, b in bits.items()) + 16 * rest) / (sum(size.values()) + rest),
+                 "avg_bits": (sum(size[k] * b for k, b in bits.items()) + 16 * rest) / total,
+                 "avg_bits_with_overhead": (sum(size[k] * (b + over[k]) for k, b in bits.items()) + 16 * rest) / total,
                  "quantization_config": imported["quantization_config"]}
     if m.checkpoint:
         from harness.packed.qlinear import measured_bits
