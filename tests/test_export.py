@@ -291,12 +291,19 @@ def test_fused_units_give_every_fused_layer_one_width_within_the_budget(allocato
     assert {s.bits for s in specs.values()} == {2, 4}
 
 
+DEFAULT_METHODS = {"rtn4-g64-sym": ("method=rtn", "bits=4", "group_size=64", "sym=true"),
+                   "gptq4-g64": ("method=gptq", "bits=4", "group_size=64"),
+                   "aptq-2/4": ("method=aptq", "ratio=0.5", "method.units=fused", "group_size=64")}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("meth", DEFAULT_METHODS)
 @pytest.mark.parametrize("fmt", ("gptq", "compressed-tensors"))
-def test_the_default_model_exports_load_in_the_ecosystem(fmt, tiny_cfg, monkeypatch):
-    """SmolLM2-135M, RTN-4 g64 sym: the folder read by GPTQModel (fp16) or transformers + compressed-tensors
-    (fp32) against the harness's packed model, on two 128-token windows."""
-    model, folder, _ = export_run(tiny_cfg, "default", ("method=rtn", "bits=4", "group_size=64", "sym=true"), fmt)
+def test_the_default_model_exports_load_in_the_ecosystem(fmt, meth, tiny_cfg, monkeypatch):
+    """SmolLM2-135M (calibrated methods on the smoke profile's 4 windows of 64 tokens): the folder read by
+    GPTQModel (fp16) or transformers + compressed-tensors (fp32) against the harness's packed model, on two
+    128-token windows."""
+    model, folder, _ = export_run(tiny_cfg, "default", DEFAULT_METHODS[meth], fmt)
     ids = windows(model.config.vocab_size, n=2, T=128)
     ref = logits_and_ppl(model, ids)
     if fmt == "gptq":
