@@ -63,13 +63,20 @@ def main() -> None:
                                        f"results_dir={a.out / 'import'}"]))
             res[fmt].update(import_ppl=imp["metrics"]["wikitext2"]["ppl"], import_label=imp["method"]["label"],
                             import_load_seconds=imp["timings_s"]["load"])
+        save(a.out, res)  # as it goes: a long run keeps what it measured
     res["compressed-tensors"]["transformers_ppl"], res["compressed-tensors"]["transformers_load_seconds"] = \
         ecosystem_ppl(Path(res["compressed-tensors"]["path"]), a.out, "transformers", protocol)
+    save(a.out, res)
     if a.gptqmodel:
         res["gptq"]["gptqmodel_ppl"], res["gptq"]["gptqmodel_load_seconds"] = \
             ecosystem_ppl(Path(res["gptq"]["path"]), a.out, "gptqmodel", protocol)
+    save(a.out, res)
     print(json.dumps(res, indent=2))
-    (a.out / "export_check.json").write_text(json.dumps(res, indent=2))
+
+
+def save(out: Path, res: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "export_check.json").write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":
