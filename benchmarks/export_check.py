@@ -20,6 +20,7 @@ from _common import compose_cfg
 
 from harness.plugins.hookspecs import RunContext
 from harness.run import evaluate, execute, load, plan
+from harness.util import write_atomic
 
 
 def ecosystem_ppl(folder: Path, out: Path, loader: str, protocol: list[str]) -> tuple[float, float]:
@@ -75,8 +76,7 @@ def main() -> None:
 
 
 def save(out: Path, res: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "export_check.json").write_text(json.dumps(res, indent=2))
+    write_atomic(out / "export_check.json", res)
 
 
 if __name__ == "__main__":
