@@ -102,8 +102,7 @@ def quantization_config(codes: dict[str, LayerCodes], skipped: list[str]) -> dic
     sym = {lc.sym for lc in codes.values()}
     cfg = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": desc_act,
            "sym": sym.pop() if len(sym) == 1 else False, "checkpoint_format": "gptq", "pack_dtype": "int32",
-           "lm_head": False, "true_sequential": True, "static_groups": False, "damp_percent": 0.01,
-           "meta": {"quantizer": [f"quant-harness:{harness_version()}"]}}
+           "lm_head": False, "meta": {"quantizer": [f"quant-harness:{harness_version()}"]}}
     if dynamic:
         cfg["dynamic"] = dynamic
     return cfg
