@@ -25,6 +25,7 @@ import torch
 
 import harness
 from harness.errors import ConfigError
+from harness.export import PACKED, check_export, check_format, plan_check
 from harness.inputs.data import CORPUS_FILES, data_fingerprint, resolve_data_dir
 from harness.inputs.model import ModelConfig, architecture, load_model, map_devices, place
 from harness.inputs.windows import CalibrationSpec, calibration_windows
@@ -73,6 +74,7 @@ class Plan:
     model_cfg: ModelConfig
     pack: bool
     save: bool
+    save_format: str  # packed (harness.packed.checkpoint) | gptq | compressed-tensors (harness.export)
     offload: bool
     results_dir: Path
     identity: dict[str, Any]
@@ -243,7 +245,17 @@ def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[st
     method, tasks, env, calib = build(cfg, plugins)
     model_cfg = build_config(ModelConfig, dict(cfg["model"]), "model")
     save = bool(cfg.get("save", False))
-    pack = bool(cfg.get("pack", False)) or save
+    save_format = check_format(cfg.get("save_format", PACKED))
+    exports = save and save_format != PACKED
+    # Saving packs (today's format), and an export evaluates the packed model where the packed format holds it
+    # (the exported folder then computes exactly what was evaluated); 3/8-bit exports evaluate fake-quant.
+    pack = bool(cfg.get("pack", False)) or (save and (not exports or method.pack_refusal() is None))
+    if exports:
+        c = method.config
+        dynamic_groups = bool(getattr(c, "act_order", False) and getattr(c, "group_size", -1) != -1
+                              and not getattr(c, "static_groups", True))
+        check_export(save_format, method.export_refusal(), method.bit_widths(),
+                     architecture(model_cfg, env.cache_dir) if method.quantizes else None, dynamic_groups)
     check_capabilities(method, model_cfg, env, pack)
     check_placement(cfg, method, model_cfg, env, pack)
     warnings = ignored_overrides(list(overrides or []), method)
@@ -254,7 +266,7 @@ def plan(cfg: dict[str, Any], plugins: Plugins | None = None, overrides: list[st
         log.warning(w)
     identity = make_identity(cfg, method, tasks, env, calib, pack)
     return Plan(cfg=cfg, plugins=plugins, method=method, tasks=tasks, env=env, calib=calib, model_cfg=model_cfg,
-                pack=pack, save=save, offload=offloads(cfg, method, calib, model_cfg, env),
+                pack=pack, save=save, save_format=save_format, offload=offloads(cfg, method, calib, model_cfg, env),
                 results_dir=Path(cfg["results_dir"]).expanduser(), identity=identity,
                 run_id=make_run_id(model_cfg.name, method.run_tag(), identity), warnings=warnings,
                 overrides=list(overrides or []))
@@ -316,6 +328,10 @@ def load(p: Plan) -> Loaded:
                                         offload=p.offload)
     for task in p.tasks:
         task.check_tokenizer(tokenizer)
+    imported = info.get("imported_checkpoint")
+    if imported and p.method.quantizes:
+        raise ConfigError(f"model.path={p.model_cfg.path} is a quantized {imported['format']} checkpoint "
+                          f"({imported['label']}); evaluate it with method=fp16 (it is not quantized again)")
     checkpoint = info.get("packed_checkpoint")
     if checkpoint and p.method.quantizes:
         raise ConfigError(f"model.path={p.model_cfg.path} is a packed checkpoint ({checkpoint['method']['label']}); "
@@ -328,16 +344,32 @@ def load(p: Plan) -> Loaded:
 def quantize(p: Plan, m: Loaded, run: RunContext) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """Quantize in place; returns (the record's quantization summary, the integer grids, calibration info)."""
     hook = p.plugins.hook
+    check = plan_check(p.save_format) if p.save and p.save_format != PACKED else None
     if p.calib is None:
-        result, calib_info = quantize_model(m.model, p.method, hook, run), None
+        result, calib_info = quantize_model(m.model, p.method, hook, run, check_plan=check), None
     else:
         windows, calib_info = calibration_windows(p.calib, m.tokenizer, p.env.data_dir, p.env.cache_dir)
         model_key = {"model": p.identity["model"], "seed": p.cfg["seed"]}  # the seed matters for random-init models
-        result = quantize_sequential(m.model, MethodRun(p.method, hook, run), windows, p.env.device,
+        result = quantize_sequential(m.model, MethodRun(p.method, hook, run, check), windows, p.env.device,
                                      cache_dir=p.env.cache_dir, model_key=model_key)
     if p.offload:  # quantized layer by layer on the device; evaluated as a whole there (or over the device map)
         place(m.model, p.model_cfg, p.env.device, p.env.cache_dir)
     quant, grids = result.summary, result.grids
+    if (imported := m.info.get("imported_checkpoint")) is not None:
+        from harness.quantize.layers import linear_layers
+
+        bits = {k: v["bits"] for k, v in imported["bit_map"].items()}
+        size = {k: m.model.get_submodule(k).in_features * m.model.get_submodule(k).out_features for k in bits}
+        rest = sum(mod.weight.numel() for k, mod in linear_layers(m.model).items() if k not in bits)
+        # nominal bits over the decoder linears (any left unquantized count at 16, as in the harness's own runs)
+        total = sum(size.values()) + rest
+        # with overhead: an fp16 scale and a zero point of the layer's width per group, as the formats store them
+        over = {k: (16 + v["bits"]) / (m.model.get_submodule(k).in_features if v["group_size"] == -1
+                                       else v["group_size"]) for k, v in imported["bit_map"].items()}
+        quant = {"imported_from": p.model_cfg.path, "source_format": imported["format"], "bit_plan": bits,
+                 "avg_bits": (sum(size[k] * b for k, b in bits.items()) + 16 * rest) / total,
+                 "avg_bits_with_overhead": (sum(size[k] * (b + over[k]) for k, b in bits.items()) + 16 * rest) / total,
+                 "quantization_config": imported["quantization_config"]}
     if m.checkpoint:
         from harness.packed.qlinear import measured_bits
 
@@ -363,7 +395,7 @@ def pack(p: Plan, m: Loaded, quant: dict[str, Any], grids: dict[str, Any]) -> di
     log.info("packed %d layers: %.3f measured bits/weight (nominal %.3f); parity max |Δlogit| %.3g, Δppl %.3g",
              quant["measured"]["packed_layers"], quant["measured"]["measured_avg_bits"], quant["avg_bits"],
              quant["parity"]["max_abs_logit_err"], quant["parity"]["ppl_diff"])
-    if not p.save:
+    if not p.save or p.save_format != PACKED:
         return None
     summary = {k: v for k, v in quant.items() if k != "layers"}
     meta = {"method": method_record(p.method), "run_id": p.run_id, "quantization": summary,
@@ -371,7 +403,18 @@ def pack(p: Plan, m: Loaded, quant: dict[str, Any], grids: dict[str, Any]) -> di
     saved = save_packed(m.model, m.tokenizer, p.results_dir / "checkpoints" / p.run_id, meta)
     log.info("saved %s (%.1f MB; the fp16 model: %.1f MB)", saved["path"], saved["bytes"] / 2**20,
              saved["fp16_model_bytes"] / 2**20)
-    return saved
+    return {"format": PACKED, **saved}
+
+
+def export_checkpoint(p: Plan, m: Loaded, quant: dict[str, Any], grids: dict[str, Any]) -> dict[str, Any]:
+    """Write the run's model in ``save_format`` (GPTQ, compressed-tensors) from the fake-quant layers and their
+    grids, before packing replaces them; returns the record's ``checkpoint`` entry."""
+    from harness.export import export
+
+    folder = p.results_dir / "checkpoints" / f"{p.run_id}-{p.save_format}"
+    out = export(p.save_format, m.model, m.tokenizer, grids, quant["layers"],
+                 bool(getattr(p.method.config, "sym", False)), folder)
+    return {**out, "fp16_model_bytes": 2 * sum(t.numel() for t in m.model.parameters())}  # tied: once
 
 
 def evaluate(p: Plan, m: Loaded, run: RunContext) -> dict[str, dict[str, Any]]:
@@ -416,6 +459,11 @@ def make_record(p: Plan, m: Loaded, run: RunContext, quant: dict[str, Any], cali
     method = method_record(p.method)
     if m.checkpoint:
         method = {**m.checkpoint["method"], "loaded_from_checkpoint": True}
+    if (imported := m.info.get("imported_checkpoint")) is not None:
+        method = {"name": f"imported-{imported['format']}", "label": imported["label"],
+                  "options": {k: imported["quantization_config"].get(k) for k in ("bits", "group_size", "sym",
+                                                                                  "desc_act", "format")},
+                  "imported": True}
     return {
         "schema": SCHEMA_VERSION,
         "run_id": p.run_id,
@@ -469,9 +517,12 @@ def run_phases(p: Plan) -> dict:
     with phase(run, "quantize"):
         quant, grids, calib_info = quantize(p, m, run)
     saved = None
+    if p.save and p.save_format != PACKED:
+        with phase(run, "export"):
+            saved = export_checkpoint(p, m, quant, grids)
     if p.pack:
         with phase(run, "pack"):
-            saved = pack(p, m, quant, grids)
+            saved = pack(p, m, quant, grids) or saved
     del grids
     metrics = evaluate(p, m, run)
     run.timings["total"] = time.perf_counter() - t_start

@@ -70,13 +70,14 @@ from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
 from harness.quantize.allocation import ALLOCATORS, allocate
 from harness.quantize.driver import BitPlan, LayerResult
-from harness.quantize.layers import StopForward, family, local_name, model_config, qkv_split
+from harness.quantize.layers import StopForward, family, fused_unit, local_name, model_config, qkv_split
 from harness.quantize.primitives import GRID_KEY, Grid, QuantSpec, check_bits, relative_error, rtn
 from harness.util import unknown
 from methods.gptq import Gptq, check_solver, gptq_quantize
 
 QKV_PARTS = ("q", "k", "v")
 HESSIANS = ("attention", "layer")
+UNITS = ("layers", "fused")  # allocation units: every linear layer, or the serving engines' fused layers
 SENSITIVITIES = ("trace", "trace_x_err", "fisher", "kfac", "measured", "trace_inv", "random")
 #: criterion → (the first pass that gives it, the table of that pass holding its scores)
 LOSS_CRITERIA = {"fisher": ("gradient", "fisher"), "kfac": ("gradient", "kfac"), "measured": ("truth", "dnll")}
@@ -95,6 +96,7 @@ class AptqConfig:
     sensitivity: str  # trace | trace_x_err | fisher | kfac | measured | trace_inv | random
     allocator: str  # greedy (the paper's rank cut) | knapsack (exact, harness.quantize.allocation)
     choices: list[int] | None  # knapsack's bit widths; None: {low_bits, high_bits}
+    units: str  # layers (each linear its own width) | fused (q/k/v and gate/up share one: servable in vLLM/SGLang)
     truth_windows: int  # calibration windows of the measured criterion (the first ones)
     probes: int  # Rademacher probes per calibration window for s_t
     seed: int  # probes and the random allocation
@@ -121,6 +123,8 @@ class AptqConfig:
             raise unknown("method.sensitivity", self.sensitivity, SENSITIVITIES)
         if self.allocator not in ALLOCATORS:
             raise unknown("method.allocator", self.allocator, ALLOCATORS)
+        if self.units not in UNITS:
+            raise unknown("method.units", self.units, UNITS)
         if self.choices is not None:
             self.choices = sorted({int(b) for b in self.choices})
             for b in self.choices:
@@ -226,6 +230,7 @@ class Aptq(Gptq):
         tags = [*self.solver_tags(), "H-layer" if c.hessian == "layer" else "",
                 c.sensitivity if c.sensitivity != d.sensitivity and mixed else "",
                 c.allocator if c.allocator != d.allocator and mixed else "",
+                "fused-units" if c.units != d.units and mixed else "",
                 "b" + "".join(map(str, c.choices)) if c.choices and mixed else "",
                 f"tw{c.truth_windows}" if c.sensitivity == "measured" and c.truth_windows != d.truth_windows and mixed
                 else "",
@@ -279,9 +284,19 @@ class Aptq(Gptq):
         if c.ratio in (0, 1):
             return BitPlan({n: c.high_bits if c.ratio == 1 else c.low_bits for n in layers})
         numel = {n: m.weight.numel() for n, m in layers.items()}
-        plan, allocation = allocate(c.allocator, self.plan_scores(layers, scores), numel, c.ratio, c.high_bits,
+        layer_scores = self.plan_scores(layers, scores)
+        unit = {n: fused_unit(n) if c.units == "fused" else n for n in layers}
+        # units=fused: the shards of a fused layer are one allocation unit of their summed size and summed score
+        # (a score is a layer's cost at low_bits, so a unit's cost is its shards' sum), hence one width
+        unit_numel: dict[str, int] = {}
+        unit_scores: dict[str, float] = {}
+        for n in layers:
+            unit_numel[unit[n]] = unit_numel.get(unit[n], 0) + numel[n]
+            unit_scores[unit[n]] = unit_scores.get(unit[n], 0.0) + layer_scores[n]
+        plan, allocation = allocate(c.allocator, unit_scores, unit_numel, c.ratio, c.high_bits,
                                     c.low_bits, tuple(c.choices) if c.choices else None)
-        return BitPlan(plan, {**allocation, "criterion": c.sensitivity})
+        return BitPlan({n: plan[unit[n]] for n in layers}, {**allocation, "criterion": c.sensitivity,
+                                                            "units": c.units})
 
     def add_batch(self, name: str, X: torch.Tensor, s: torch.Tensor | None = None) -> None:
         """``H = 2/n Σ_b Σ_t s_bt x_bt x_btᵀ``; ``s`` (B, T) token weights, GPTQ's H when None."""

@@ -158,6 +158,9 @@ class Owq(Gptq):
     def pack_refusal(self) -> str | None:
         return NOT_PACKABLE
 
+    def export_refusal(self) -> str | None:
+        return "fp16 weak columns are not one uniform integer grid per layer"
+
     def label(self) -> str:
         return " ".join([f"OWQ {self.config.target_bits:g}", *self.solver_tags()])
 

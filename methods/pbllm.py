@@ -130,6 +130,9 @@ class Pbllm(Gptq):
     def pack_refusal(self) -> str | None:
         return NOT_PACKABLE
 
+    def export_refusal(self) -> str | None:
+        return "binarized weights with a salient-weight mask are not one uniform integer grid per layer"
+
     def bit_widths(self) -> tuple[int, ...]:
         return (self.config.high_bits,)
 

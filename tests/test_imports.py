@@ -9,7 +9,8 @@ layer and any layer below it):
 0. ``harness.errors``                    the exception types
 1. ``harness.util``                      atomic writes, locks, hashes, did-you-mean
 2. ``harness.quantize``                  grids, RTN, the compensation loop, layers, the sequential driver
-3. ``harness.packed``                    packing, Triton kernels + reference, QuantLinear, checkpoints
+3. ``harness.packed``, ``harness.export``  packing, Triton kernels + reference, QuantLinear, checkpoints; GPTQ
+                                         and compressed-tensors export
 4. ``harness.inputs``                    model loading (packed checkpoints too), corpora, windows, calibration
 5. ``harness.results``                   records, statistics, report: data about runs, read by plugins
 6. ``harness.plugins``, ``harness``      hook specs, registries, observers (``harness/__init__`` re-exports
@@ -35,7 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("harness.errors",),
     ("harness.util",),
     ("harness.quantize",),
-    ("harness.packed",),
+    ("harness.packed", "harness.export"),
     ("harness.inputs",),
     ("harness.results",),
     ("harness.plugins", "harness"),

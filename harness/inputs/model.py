@@ -7,6 +7,8 @@ dequantized once by transformers (``gguf_file=``), and saved as a plain fp32 ``L
 folder in the cache (the ``quantization_config`` dropped), so later loads take about a second.
 fp32 is kept on purpose: its Q4_1 values are not all representable in bf16.
 
+A folder whose ``config.json`` has a GPTQ or compressed-tensors ``quantization_config`` is imported
+(``harness.inputs.imported``): its layers go onto the packed kernels where the grid fits, else dequantized.
 A folder with a ``quantization.json`` is a packed checkpoint written with ``save=true``
 (``harness.packed.checkpoint``): it is rebuilt with its ``QuantLinear`` layers, never re-quantized.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from harness.errors import ConfigError
+from harness.inputs.imported import load_imported, source_format
 from harness.inputs.windows import BOS_PROTOCOLS
 from harness.packed.checkpoint import is_packed_checkpoint, load_packed
 from harness.quantize.layers import unfuse_experts
@@ -247,7 +250,10 @@ def load_model(cfg: ModelConfig, device: str, cache_dir: Path, seed: int = 0,
             folder = cfg.path
             info["source"] = cfg.path
         try:
-            if is_packed_checkpoint(folder):  # a packed checkpoint saved by this harness (save=true)
+            if (fmt := source_format(folder)) is not None:  # GPTQ / compressed-tensors made elsewhere (or exported)
+                model, imported = load_imported(folder, fmt, dtype)
+                info["imported_checkpoint"] = imported
+            elif is_packed_checkpoint(folder):  # a packed checkpoint saved by this harness (save=true)
                 model, quant = load_packed(folder, dtype, device)
                 keep = ("method", "run_id", "weights_sha256", "dtype", "bit_map", "quantization")
                 info["packed_checkpoint"] = {k: quant.get(k) for k in keep}

@@ -159,6 +159,13 @@ class Method(ABC):
             return str(err)
         return None
 
+    def export_refusal(self) -> str | None:
+        """Why this configuration's result is not one uniform integer grid per layer, which the export formats
+        (GPTQ, compressed-tensors: ``harness.export``) store; None when it is (any of 2/3/4/8 bits)."""
+        if not self.quantizes:
+            return f"method={self.name} leaves the model as is (nothing to export)"
+        return None
+
     def capabilities(self) -> Capabilities:
         refusal = self.pack_refusal()
         return Capabilities(quantizes=self.quantizes, needs_calibration=bool(self.needs_calibration),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -78,14 +79,21 @@ class Quantized:
     grids: dict[str, Grid]
 
 
-def plan_specs(method: Quantizer, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None
-               ) -> tuple[dict[str, QuantSpec], dict[str, Any] | None]:
+#: a check of the whole plan before any layer is quantized (e.g. an export format's fused-shard rule); raises
+PlanCheck = Callable[[dict[str, QuantSpec]], None]
+
+
+def plan_specs(method: Quantizer, layers: dict[str, nn.Linear], scores: dict[str, float] | None = None,
+               check_plan: PlanCheck | None = None) -> tuple[dict[str, QuantSpec], dict[str, Any] | None]:
     """The method's bit plan as specs, and its allocation info; a bad group size fails here, before any
-    work is done. ``scores``: the sensitivity pass's per-layer scores (methods that ``needs_sensitivity``)."""
+    work is done. ``scores``: the sensitivity pass's per-layer scores (methods that ``needs_sensitivity``);
+    ``check_plan``: the run's check of the plan (it is known only now, after the sensitivity pass)."""
     plan = method.plan_bits(layers, scores) if method.quantizes else BitPlan({})
     specs = {name: method.spec(bits) for name, bits in plan.bits.items()}
     for name, spec in specs.items():
         spec.groups(layers[name].in_features, name)
+    if check_plan is not None:
+        check_plan(specs)
     return specs, plan.allocation
 
 
@@ -96,6 +104,7 @@ class MethodRun:
     method: Quantizer
     hook: Any  # the plugin manager's hook relay
     run: Any  # the RunContext observers receive (None in benchmarks)
+    check_plan: PlanCheck | None = None  # the run's check of the bit plan before quantizing (``plan_specs``)
 
 
 def quantize_one(mr: MethodRun, name: str, layer: nn.Linear, spec: QuantSpec,
@@ -111,14 +120,15 @@ def quantize_one(mr: MethodRun, name: str, layer: nn.Linear, spec: QuantSpec,
     mr.hook.harness_phase_advance(run=mr.run, phase="quantize", advance=1)
 
 
-def quantize_model(model: nn.Module, method: Quantizer, hook: Any, run: Any) -> Quantized:
+def quantize_model(model: nn.Module, method: Quantizer, hook: Any, run: Any,
+                   check_plan: PlanCheck | None = None) -> Quantized:
     """Quantize ``model`` in place with a method that needs no calibration data.
 
     Emits ``harness_layer_quantized`` per layer and phase hooks for progress. Returns the summary
     that goes into the record (bit plan, average bits, per-layer info) and the integer grids.
     """
     layers = linear_layers(model)
-    specs, _ = plan_specs(method, layers)
+    specs, _ = plan_specs(method, layers, check_plan=check_plan)
     per_layer: dict[str, dict[str, Any]] = {}
     grids: dict[str, Any] = {}
     hook.harness_phase_start(run=run, phase="quantize", total=len(specs))

@@ -79,6 +79,12 @@ WIDTH_FIELDS = ("intermediate_size", "ffn_dim", "moe_intermediate_size", "shared
 #: fused expert tensors as transformers stores them: (E, 2I, d) [gate; up] and (E, d, I)
 FUSED_EXPERTS = ("gate_up_proj", "down_proj")
 
+#: shards the serving engines (vLLM, SGLang) fuse into one linear layer, by local name → the fused name
+#: (vLLM's ``packed_modules_mapping`` for LLaMA-style models; OPT and Phi-1/2 fuse q/k/v the same way). A
+#: quantized checkpoint must give every shard of one fused layer the same grid, or those engines cannot load it.
+FUSED_SHARDS = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+                "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+
 _warned: set[str] = set()
 
 
@@ -154,6 +160,14 @@ def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     """All quantizable ``nn.Linear`` modules inside the decoder layers, by full module path, in model order."""
     path, layers = decoder_layers(model)
     return {f"{path}.{i}.{sub}": mod for i, block in enumerate(layers) for sub, mod in block_linears(block).items()}
+
+
+def fused_unit(name: str) -> str:
+    """The serving engines' fused layer that the linear layer ``name`` is a shard of (``…self_attn.qkv_proj``
+    for ``…self_attn.q_proj``), or ``name`` itself when it is not fused (``FUSED_SHARDS``)."""
+    parent, _, local = name.rpartition(".")
+    fused = FUSED_SHARDS.get(local)
+    return f"{parent}.{fused}" if fused else name
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:

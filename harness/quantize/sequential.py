@@ -135,7 +135,8 @@ def quantize_sequential(
     if method.needs_sensitivity:
         key = {"model": model_key, "windows_sha256": windows_hash(windows)}
         sensitivity = cached_sensitivities(model, mr, inps, kwargs, key, cache_dir, windows)
-    specs, allocation = plan_specs(method, all_linear, sensitivity["scores"] if sensitivity else None)
+    specs, allocation = plan_specs(method, all_linear, sensitivity["scores"] if sensitivity else None,
+                                   mr.check_plan)
 
     per_layer: dict[str, dict[str, Any]] = {}
     grids: dict[str, Any] = {}
