@@ -22,6 +22,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.aptq",
     "methods.owq",
     "methods.pbllm",
+    "methods.awq",
     "tasks.perplexity",
     "tasks.zeroshot",
     "harness.plugins.observers.console",
