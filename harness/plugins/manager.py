@@ -23,6 +23,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.owq",
     "methods.pbllm",
     "methods.awq",
+    "methods.slim",
     "tasks.perplexity",
     "tasks.zeroshot",
     "harness.plugins.observers.console",
