@@ -147,6 +147,10 @@ def summarize(
     out = {
         "avg_bits": bits * frac + 16.0 * (1 - frac),
         "avg_bits_with_overhead": bits_overhead * frac + 16.0 * (1 - frac),
+        # storage of the decoder's linear weights: codes, scales, zeros, masks, width maps, fp16 columns and
+        # indices, and unquantized layers at 16 bits (what equal-bit comparisons must also equalise)
+        "bytes_per_weight": (bits_overhead * frac + 16.0 * (1 - frac)) / 8,
+        "linear_bytes": (bits_overhead * frac + 16.0 * (1 - frac)) * n_total / 8,
         "quantized_params": n_quant,
         "linear_params": n_total,
         "bits_fraction": bits_fraction(layers, specs, per_layer) if n_quant else {},
