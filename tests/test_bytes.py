@@ -44,3 +44,16 @@ def test_a_byte_budget_keeps_the_rows_that_fit_and_orders_by_bytes():
     kept = {r["run_id"] for row in table.meta.values() for r in row.records}
     dropped = [r for r in recs if r["run_id"] not in kept]
     assert dropped and all(bytes_per_weight(r["quantization"]) > budget for r in dropped)
+
+
+def test_a_published_rows_block_shows_bytes_and_quantize_time_against_a_reference():
+    from harness.results.published import Context, rows_block
+
+    recs = load_records(FIXTURES)
+    ctx = Context(FIXTURES, recs)
+    gptq = next(r for r in recs if r["method"]["label"] == "GPTQ g64 act ts" and r["quantization"]["avg_bits"] == 4)
+    sel = f"GPTQ g64 act ts@run={gptq['run_id'][-10:]}"
+    text = rows_block({"rows": [{"name": "G", "select": sel}], "bytes": True, "time_vs": sel}, ctx)
+    header, _, row = text.splitlines()[:3]
+    assert header == "| method | bits / effective | bytes / weight | WikiText-2 | C4 | quantize time (× ref) |"
+    assert f"| {bytes_per_weight(gptq['quantization']):.3f} |" in row and row.endswith("(1.00×) |")
