@@ -13,9 +13,11 @@ remainder (in weights) carried to the next layer, and what is left at the end se
 ``plan_bits``; the record keeps each layer's achieved average).
 
 **Criteria** (``criterion``):
-- ``salience`` (the paper's salience-determined allocation): a unit's salience is
-  ``Σ_{i,j∈unit} W_ij² / [H⁻¹]_jj²`` (the OBS saliency of its weights, ``H`` = GPTQ's Hessian, damped as the
-  solver damps it). Units in order of salience; the ``n_hi`` most salient start at ``b₀ + 1``; then ``k``
+- ``salience`` (the paper's salience-determined allocation, as ``slim-llm/slim_gptq.py`` of
+  Aaronhuang-778/SliM-LLM computes it): a unit's salience is ``Σ_{i,j∈unit} W_ij² / [Hinv]_jj²`` with
+  ``Hinv`` = GPTQ's upper Cholesky factor of ``(H + λI)⁻¹`` (the OBS saliency in GPTQ's column order;
+  ``λ`` = ``percdamp`` · mean diag H, the solver's damping; the reference's salience pass adds 0.01).
+  Units in order of salience; the ``n_hi`` most salient start at ``b₀ + 1``; then ``k``
   pairs of ±1-bit moves among the ``b₀`` units (the ``k`` most salient up, the ``k`` least salient down,
   within ``choices``), ``k`` chosen from ``search_steps`` evenly spaced values in ``0 … max`` by the least
   layer output error ``tr(ΔW H ΔWᵀ)`` of RTN at the candidate widths.
@@ -33,10 +35,12 @@ arrive out of order); a row's per-channel grid at its width.
 fp16 scale and the ``b``-bit zero point of every (row, group) grid and the width map
 (``⌈log₂ |choices|⌉`` bits per unit). Not packable (``NOT_PACKABLE``): evaluated as fake-quant.
 
-Deviations from SliM-LLM: the number of ±1 pairs is chosen by the layer output's squared error (the paper:
-the KL divergence of the layer output) with RTN as the search's quantizer; non-integer averages (3.5) start
-from the ``b₀``/``b₀ + 1`` split above (the paper reports integer averages); 64-column groups on SmolLM2,
-whose widths 128 does not divide.
+Deviations from SliM-LLM: the number of ±1 pairs is chosen by the layer output's squared error through
+``H`` over all calibration tokens (the reference: the KL divergence between the softmax over output features
+of the full-precision and the RTN-quantized layer output, averaged over the calibration windows), and
+``k = 0`` (uniform) is among the candidates (the reference tries ``1 … G/2 − 1``, so it always mixes);
+non-integer averages (3.5) start from the ``b₀``/``b₀ + 1`` split above (the paper reports integer
+averages); 64-column groups on SmolLM2, whose widths 128 does not divide; optional ``act_order``.
 """
 from __future__ import annotations
 
@@ -328,9 +332,8 @@ class Slim(Gptq):
         n_hi = self.n_hi.get(name, 0)
         Hd = H.clone()
         drop_dead_inputs(Wf.clone(), Hd)
-        if cfg.criterion == "salience":
-            Hd.diagonal().add_(solver_cfg.percdamp * Hd.diagonal().mean())
-            hinv_diag = torch.linalg.inv(Hd).diagonal().clamp_min(1e-12)  # (d_in,)
+        if cfg.criterion == "salience":  # GPTQ's Hinv (upper Cholesky factor of (H + λI)⁻¹), as the reference
+            hinv_diag = inverse_hessian_factor(Hd, solver_cfg.percdamp)[0].diagonal()  # (d_in,)
             widths, alloc = allocate_salience(Wf, H, hinv_diag, self.b0, n_hi, cfg)
         else:
             widths, alloc = allocate_error(Wf, H, self.b0 + n_hi / U if self.b0 < cfg.choices[-1] else self.b0, cfg)
