@@ -7,6 +7,7 @@ uncached). Peak memory: the process's peak RSS, and on CUDA the peak allocated m
 
     python benchmarks/quant_time.py                              # rtn, gptq, aptq (4-bit), aptq ratio 0.75
     python benchmarks/quant_time.py --methods gptq,aptq profile.calib_samples=8
+    python benchmarks/quant_time.py --methods gptq,awq,slim-3 group_size=64 act_order=true true_sequential=true
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ CASES = {  # name → harness overrides
     "gptq": ["method=gptq", "bits=4"],
     "aptq": ["method=aptq", "ratio=1.0"],
     "aptq-75": ["method=aptq", "ratio=0.75"],
+    "awq": ["method=awq", "bits=4"],
+    "awq-gptq": ["method=awq", "bits=4", "method.solver=gptq"],
+    "slim-3": ["method=slim", "bits=3"],
+    "slim-3.5": ["method=slim", "bits=3", "method.target_bits=3.5"],
 }
 
 

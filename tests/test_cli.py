@@ -12,7 +12,7 @@ TINY = ["+smoke=tiny"]  # conf/smoke/tiny.yaml
 @pytest.mark.slow
 def test_bad_inputs_give_one_line_errors(tmp_path, run_cli):
     cases = {
-        "method=nope": "unknown method 'nope'; known: aptq, fp16, gptq, owq, pbllm, rtn",
+        "method=nope": "unknown method 'nope'; known: aptq, awq, fp16, gptq, owq, pbllm, rtn, slim",
         "ratio=1.5": "ratio=1.5 is outside [0, 1]",
         "bits=5": "bits=5 is not supported; choose one of 2, 3, 4, 8",
         f"data_dir={tmp_path}/missing": f"data directory {tmp_path}/missing (from data_dir) does not exist",

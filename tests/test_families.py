@@ -273,7 +273,8 @@ def test_low_token_fallbacks(correlated_inputs):
 
 # ------------------------------------------------------------------------------------- the matrix
 METHODS = (("fp16", ()), ("rtn", ()), ("gptq", ()), ("aptq", ()), ("aptq", ("ratio=0.75",)), ("owq", ()),
-           ("pbllm", ()),
+           ("pbllm", ()), ("awq", ()), ("awq", ("method.solver=gptq", "group_size=32")),
+           ("slim", ("bits=3", "group_size=32")), ("slim", ("method.target_bits=3.5", "method.criterion=error")),
            # the loss-based passes (final norm + head found per family) and the knapsack
            ("aptq", ("ratio=0.75", "method.sensitivity=fisher", "method.allocator=knapsack")),
            ("aptq", ("ratio=0.75", "method.sensitivity=measured", "method.truth_windows=1")))

@@ -22,6 +22,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "methods.aptq",
     "methods.owq",
     "methods.pbllm",
+    "methods.awq",
+    "methods.slim",
     "tasks.perplexity",
     "tasks.zeroshot",
     "harness.plugins.observers.console",

@@ -157,10 +157,13 @@ def summarize(
     out = {
         "avg_bits": bits * frac + 16.0 * (1 - frac),
         "avg_bits_with_overhead": bits_overhead * frac + 16.0 * (1 - frac),
+        # storage of the decoder's linear weights: codes, scales, zeros, masks, width maps, fp16 columns and
+        # indices, and unquantized layers at 16 bits (what equal-bit comparisons must also equalise)
+        "bytes_per_weight": (bits_overhead * frac + 16.0 * (1 - frac)) / 8,
+        "linear_bytes": (bits_overhead * frac + 16.0 * (1 - frac)) * n_total / 8,
         "quantized_params": n_quant,
         "linear_params": n_total,
-        "bits_fraction": {str(b): sum(o * i for o, i, s in shapes if s.bits == b) / n_quant
-                          for b in sorted({s.bits for *_, s in shapes}, reverse=True)} if n_quant else {},
+        "bits_fraction": bits_fraction(layers, specs, per_layer) if n_quant else {},
         "bit_plan": {n: s.bits for n, s in specs.items()},
         "layers": per_layer,
     }
@@ -170,6 +173,22 @@ def summarize(
         out["evaluation_weights"] = "fake-quant"
         out["packable_reason"] = "; ".join(r for r in reasons if r) or "not representable by the packed kernels"
     return out
+
+
+def bits_fraction(
+    layers: dict[str, nn.Linear], specs: dict[str, QuantSpec], per_layer: dict[str, dict[str, Any]]
+) -> dict[str, float]:
+    """Fraction of the quantized weights at each width, widest first. A layer that mixes widths inside
+    itself (``methods.slim``) reports its weights per width as ``width_numel`` ({bits: weights}); any
+    other layer counts all its weights at ``spec.bits``."""
+    numel: dict[int, int] = {}
+    for name, spec in specs.items():
+        n = layers[name].out_features * layers[name].in_features
+        per_width = per_layer.get(name, {}).get("width_numel") or {str(spec.bits): n}
+        for b, k in per_width.items():
+            numel[int(b)] = numel.get(int(b), 0) + int(k)
+    total = sum(numel.values())
+    return {str(b): numel[b] / total for b in sorted(numel, reverse=True) if numel[b]}
 
 
 def reported_bits(

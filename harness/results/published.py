@@ -39,7 +39,7 @@ from harness.results import allocation, stats
 from harness.results.compare import compare, resolve
 from harness.results.formats import md_table
 from harness.results.records import REFERENCE_DIR, load_records
-from harness.results.tables import fmt_half
+from harness.results.tables import bytes_per_weight, fmt_half
 from harness.util import REPO_ROOT
 
 SPEC_FILE = REPO_ROOT / "docs" / "published.yaml"
@@ -101,8 +101,24 @@ def _bits(rec: dict[str, Any]) -> str:
     return f"{round(q['avg_bits'], 2):g} / {q.get('avg_bits_with_overhead', q['avg_bits']):.2f}"
 
 
+def _bytes(rec: dict[str, Any]) -> str:
+    return f"{bytes_per_weight(rec['quantization']):.3f}"
+
+
+def _quantize_time(rec: dict[str, Any], ref: dict[str, Any]) -> str:
+    t, t_ref = rec.get("timings_s", {}).get("quantize"), ref.get("timings_s", {}).get("quantize")
+    if t is None or not t_ref:
+        return "–"
+    return f"{t:.0f} s ({t / t_ref:.2f}×)"
+
+
 def rows_block(spec: dict[str, Any], ctx: Context) -> str:
+    """``bytes: true`` adds the stored bytes per weight (``tables.bytes_per_weight``) after the bits;
+    ``time_vs: <selector>`` adds the quantization time and its ratio to that record's (runs on one machine
+    in one session, e.g. one multirun, or the ratio means little)."""
     tasks = spec.get("tasks", ["wikitext2", "c4"])
+    with_bytes = bool(spec.get("bytes", False))
+    time_ref = ctx.get(spec["time_vs"]) if spec.get("time_vs") else None
     out = []
     for row in spec["rows"]:
         recs = [ctx.get(s) for s in _as_list(row["select"])]
@@ -118,8 +134,11 @@ def rows_block(spec: dict[str, Any], ctx: Context) -> str:
                 s = stats.seed_summary([v for v, _ in vals])
                 cells.append(f"{fmt_value(s['mean'])} ± {fmt_half(s['std'])} "
                              f"({' / '.join(fmt_value(v) for v, _ in vals)})")
-        out.append([row["name"], _bits(recs[0]), *cells])
-    return md(["method", "bits / effective", *(TASK_NAMES.get(t, t) for t in tasks)], out)
+        out.append([row["name"], _bits(recs[0]), *([_bytes(recs[0])] if with_bytes else []), *cells,
+                    *([_quantize_time(recs[0], time_ref)] if time_ref else [])])
+    return md(["method", "bits / effective", *(["bytes / weight"] if with_bytes else []),
+               *(TASK_NAMES.get(t, t) for t in tasks), *([spec.get("time_label", "quantize time (× ref)")]
+                                                          if time_ref else [])], out)
 
 
 def _paired_rows(spec: dict[str, Any], ctx: Context, tasks: list[str]) -> list[tuple[str, dict[str, dict]]]:

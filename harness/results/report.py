@@ -102,7 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default=None, help="comma-separated model names or globs")
     ap.add_argument("--methods", default=None, help="comma-separated method labels or globs (e.g. 'APTQ*,GPTQ')")
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (columns)")
-    ap.add_argument("--order", default="bits", help="row order inside a bit-width group: bits | label | a column")
+    ap.add_argument("--order", default="bits",
+                    help="row order inside a bit-width group: bits | label | a column; bytes: all rows by stored "
+                         "bytes per weight")
+    ap.add_argument("--byte-budget", type=float, default=None, metavar="B",
+                    help="only rows that store at most B bytes per weight (scales, zeros, masks, width maps and "
+                         "fp16 columns counted; e.g. 0.42), to compare methods at equal storage")
     ap.add_argument("--layout", default=None, choices=["aptq_table1", "aptq_table2"],
                     help="also render the paper's table in its layout, the paper's own figures beside")
     ap.add_argument("--no-plots", action="store_true", help="skip the matplotlib plots")
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = REFERENCE_DIR if args.reference else Path(args.results_dir or "results")
     def split(v):
         return (v.split(",") if v else None)
-    selection = Selection(split(args.models), split(args.methods), split(args.tasks), args.order)
+    selection = Selection(split(args.models), split(args.methods), split(args.tasks), args.order, args.byte_budget)
     options = RenderOptions(selection, args.baseline, args.adjust, plots=not args.no_plots,
                             layout=args.layout or (REFERENCE_LAYOUT if args.reference else None),
                             wandb={"mode": args.wandb} if args.wandb else None)

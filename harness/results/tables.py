@@ -186,17 +186,28 @@ class Selection:
     models: list[str] | None = None
     methods: list[str] | None = None
     tasks: list[str] | None = None
-    order: str = "bits"  # bits (bit-width groups, then label) | label | <column name> (best first)
+    order: str = "bits"  # bits (bit-width groups, then label) | label | bytes | <column name> (best first)
+    max_bytes: float | None = None  # a byte budget: only rows storing at most this many bytes per weight
 
     def keeps(self, rec: dict[str, Any]) -> bool:
         ok_model = not self.models or any(fnmatch(rec["model"]["name"], g) for g in self.models)
         label = rec["method"]["label"]
         ok_method = not self.methods or any(fnmatch(label, g) or fnmatch(row_label(rec), g) for g in self.methods)
-        return ok_model and ok_method
+        ok_bytes = self.max_bytes is None or bytes_per_weight(rec["quantization"]) <= self.max_bytes + 1e-9
+        return ok_model and ok_method and ok_bytes
 
     def keeps_column(self, col: Column) -> bool:
         return not self.tasks or col.name.split(" ", 1)[0] in self.tasks or col.name.split(" ", 1)[0].split("/")[0] \
             in self.tasks
+
+
+def bytes_per_weight(q: dict[str, Any]) -> float:
+    """Bytes per decoder linear weight of a record's ``quantization``: everything stored counted (scales,
+    zeros, masks, width maps, fp16 columns; unquantized layers at 2 bytes), i.e. effective bits / 8. Records
+    written before the field existed derive it from ``avg_bits_with_overhead``."""
+    if "bytes_per_weight" in q:
+        return float(q["bytes_per_weight"])
+    return float(q.get("avg_bits_with_overhead", q["avg_bits"])) / 8
 
 
 def bit_group(bits: float) -> int:
@@ -213,6 +224,10 @@ class RowMeta:
     group: int
     effective_bits: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def bytes_per_weight(self) -> float:
+        return self.effective_bits / 8
 
 
 @dataclass
@@ -264,18 +279,22 @@ def build_tables(records: list[dict[str, Any]], declared: dict[str, dict[str, An
                 cells[col] = cell
         columns.sort(key=lambda c: (not c.lower_is_better, c.suite_mean))  # ppl | accuracies | means
         merged = {row: _merge_seeds(per_seed) for row, per_seed in rows.items()}
-        order = order_rows(merged, columns, selection.order)
+        order = order_rows(merged, columns, selection.order, meta)
         tables[key] = Table(columns, [(lbl, b, merged[(lbl, b)]) for lbl, b in order], meta)
     return tables
 
 
-def order_rows(rows: dict[tuple[str, float], dict[Column, Cell]], columns: list[Column], order: str
-               ) -> list[tuple[str, float]]:
-    """Bit-width groups from the highest; inside a group by bits then label, by label, or by a column."""
+def order_rows(rows: dict[tuple[str, float], dict[Column, Cell]], columns: list[Column], order: str,
+               meta: dict[tuple[str, float], RowMeta] | None = None) -> list[tuple[str, float]]:
+    """Bit-width groups from the highest; inside a group by bits then label, by label, or by a column.
+    ``bytes``: one list by stored bytes per weight, most first (rows lined up at a byte budget, across
+    bit-width groups: a 3.5-bit mix beside a 4-bit g64 grid that stores as much)."""
     by_col = next((c for c in columns if c.name == order), None)
-    if order not in ("bits", "label") and by_col is None:
+    if order not in ("bits", "label", "bytes") and by_col is None:
         names = ", ".join(c.name for c in columns)
-        raise ValueError(f"--order {order!r}: use bits, label or one of the columns ({names})")
+        raise ValueError(f"--order {order!r}: use bits, label, bytes or one of the columns ({names})")
+    if order == "bytes":
+        return sorted(rows, key=lambda r: (-(meta[r].effective_bits if meta else r[1]), r[0]))
 
     def key(row: tuple[str, float]):
         label, bits = row
