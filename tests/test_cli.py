@@ -79,7 +79,7 @@ def test_multirun_sweep_and_report(tmp_path, run_cli):
 
 def test_help_and_cfg_job(run_cli):
     res = run_cli("harness", "--help")
-    assert res.returncode == 0 and "method: aptq, fp16, gptq, owq, pbllm, rtn" in res.stdout
+    assert res.returncode == 0 and "method: aptq, awq, fp16, gptq, owq, pbllm, rtn, slim" in res.stdout
     res = run_cli("harness", "--cfg", "job", "method=rtn", "bits=2")
     assert res.returncode == 0 and "bits: 2" in res.stdout
 
