@@ -309,6 +309,9 @@ def test_the_default_model_exports_load_in_the_ecosystem(fmt, meth, tiny_cfg, mo
     """SmolLM2-135M (calibrated methods on the smoke profile's 4 windows of 64 tokens): the folder read by
     GPTQModel (fp16) or transformers + compressed-tensors (fp32) against the harness's packed model, on two
     128-token windows."""
+    if fmt == "gptq":
+        pytest.importorskip("gptqmodel", reason="GPTQModel is not installed: see the module docstring")  # before
+        # the export, not after it (28 s a case on the default model)
     model, folder, _ = export_run(tiny_cfg, "default", DEFAULT_METHODS[meth], fmt)
     ids = windows(model.config.vocab_size, n=2, T=128)
     ref = logits_and_ppl(model, ids)
