@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _common import compose_cfg as compose  # noqa: E402
 from _jsonl import dry_run, emit  # noqa: E402
 
 FAMILIES = sorted(p.stem.removeprefix("tiny_") for p in (ROOT / "conf" / "model").glob("tiny_*.yaml"))
@@ -47,17 +48,6 @@ def base_overrides(results: str) -> list[str]:
     if not dry_run():
         out.append("model.dtype=float16")
     return out
-
-
-def compose(overrides: list[str]) -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from harness.cli import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return OmegaConf.to_container(hydra_compose(config_name="config", overrides=overrides), resolve=True)
 
 
 def families() -> int:

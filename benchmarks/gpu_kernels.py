@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _jsonl import dry_run, emit  # noqa: E402
+from kernel_speed import copies_for_cold, peak_bandwidth, torch_int4  # noqa: E402
 
 LLAMA7B = {"qkvo": (4096, 4096), "gate_up": (4096, 11008), "down": (11008, 4096)}  # name → (K, N)
 MASKED = {"masked": (4096, 4000)}  # N not a multiple of any tile width: the masked edge at a real K
@@ -184,72 +185,33 @@ def graph_timer(calls):
     return start.elapsed_time(end) * 1e-3 / (reps * len(calls))
 
 
-def copies_for_cold(nbytes: int) -> int:
-    """Weight copies, read in turn, that exceed twice the L2 cache (2 in the dry run)."""
-    import torch
-
-    if dry_run() or not torch.cuda.is_available():
-        return 2
-    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 * 2**20)
-    return max(2, min(64, -(-2 * l2 // max(nbytes, 1))))
-
-
-def peak_copy_bandwidth() -> float | None:
-    """Device-to-device copy of 1 GiB (read + write), bytes/s; None in the dry run."""
-    import torch
-
-    if dry_run():
-        return None
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    t = graph_timer([lambda: dst.copy_(src)])
-    return 2 * 2**30 / t
-
-
-def torch_int4_layer(layer, bits: int, group: int):
-    """The same 4-bit weights in torch's tinygemm layout (bf16 activations), or None where it cannot run.
-    tinygemm dequantizes ``(q − 8)·s + zero``; ours is ``s·(q − z)``, so its zero is ``s·(8 − z)``."""
-    import torch
-
-    from harness.packed.packing import unpack_codes
-
-    if bits != 4 or dry_run():
-        return None
-    q, s, z = layer
-    c = unpack_codes(q, 4).to(torch.int32)  # (N, K)
-    u8 = ((c[:, ::2] << 4) | c[:, 1::2]).to(torch.uint8)  # (N, K/2): even k in the high nibble
-    packed = torch.ops.aten._convert_weight_to_int4pack(u8, 8)
-    sz = torch.stack([s.float(), s.float() * (8 - z.float())], dim=2).to(torch.bfloat16).contiguous()  # (G, N, 2)
-    return packed, sz
-
-
 def contenders(x, K: int, N: int, group: int):
     """(name, bytes moved per call, [call per weight copy], reference output) for fp16, ours 4/2-bit and
     torch int4, every one rotating over enough copies of its weights to read them from HBM (cold)."""
     import torch
 
     from harness.packed.ops import quant_matmul
+    from harness.packed.packing import unpack_codes
 
     io = 2 * x.shape[0] * (K + N)
     out = []
     W16 = (torch.randn(N, K, device=x.device) * 0.02).to(torch.float16)
-    n = copies_for_cold(W16.numel() * 2)
+    n = copies_for_cold(W16.numel() * 2, dry_run())
     W16s = [W16] + [W16.clone() for _ in range(n - 1)]
     out.append(("fp16 torch", 2 * N * K + io, [lambda w=w: torch.nn.functional.linear(x, w) for w in W16s],
                 x.float() @ W16.float().t()))
     for bits in (4, 2):
         layer = make_layer(K, N, bits, group, seed=bits)
-        n = copies_for_cold(layer[0].numel() * 4)
+        n = copies_for_cold(layer[0].numel() * 4, dry_run())
         copies = [layer] + [tuple(t.clone() for t in layer) for _ in range(n - 1)]
         nbytes = sum(t.numel() * t.element_size() for t in layer) + io
         out.append((f"int{bits} ours", nbytes, [lambda c=c, b=bits: quant_matmul(x, *c, b, group) for c in copies],
                     reference(x, layer, bits, group)))
-        try:
-            tiny = torch_int4_layer(layer, bits, group)
-        except Exception as err:  # noqa: BLE001 - the peer's op changed: report it, time the others
-            emit("speed", kernel="int4 torch", ok=None, skipped=f"{type(err).__name__}: {err}"[:300])
-            tiny = None
-        if tiny is not None:
+        tiny = None if bits != 4 or dry_run() else \
+            torch_int4(unpack_codes(layer[0], 4), layer[1], layer[2], group, x.device)  # None, the op, or why not
+        if isinstance(tiny, str):  # the peer's op changed: report it, time the others
+            emit("speed", kernel="int4 torch", ok=None, skipped=tiny)
+        elif tiny is not None:
             xb = x.to(torch.bfloat16)
             copies = [tiny] + [tuple(t.clone() for t in tiny) for _ in range(n - 1)]
             nbytes = N * K // 2 + 4 * N * (K // group) + io
@@ -262,7 +224,7 @@ def contenders(x, K: int, N: int, group: int):
 def speed() -> int:
     """GB/s, cold and warm, and speed-up over fp16 at the three shapes for M ∈ {1, 4, 16}."""
     os.environ["HARNESS_HALF2"] = "1"
-    peak = peak_copy_bandwidth()
+    peak = None if dry_run() else peak_bandwidth()
     emit("peak_bandwidth", copy_GB_s=peak / 1e9 if peak else None)
     Ms = (1, 4) if dry_run() else (1, 4, 16)
     bad = 0
