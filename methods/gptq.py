@@ -167,8 +167,9 @@ class Gptq(Method):
     def solver_tags(self) -> list[str]:
         """Label tags of the grid and solver options that differ from the reference defaults."""
         c = self.config
+        static = c.act_order and c.group_size != -1 and getattr(c, "static_groups", False)  # else it changes nothing
         tags = [f"g{c.group_size}" if c.group_size != -1 else "", "act" if c.act_order else "",
-                "ts" if c.true_sequential else "", "sym" if c.sym else ""]
+                "static" if static else "", "ts" if c.true_sequential else "", "sym" if c.sym else ""]
         return [t for t in tags if t]
 
     def label(self) -> str:
