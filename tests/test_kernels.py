@@ -94,8 +94,10 @@ def test_kernel_matches_reference(N, K, bits, group_size, dtype, M, device):
 
 
 # The tensor-core GEMM (harness.packed.gemm_tc, issue 26): 2 ≤ M ≤ 16, fp16, K blocks of 16 packed words;
-# K = 200 (4-bit): the last block is a partial one (masked words and activations).
-TC_CASES = [(4, -1, 48, 200), (4, 128, 48, 256), (4, 256, 40, 512), (2, -1, 48, 512), (2, 256, 40, 512)]
+# K = 200 (4-bit): the last block is a partial one (masked words and activations); 2-bit g128: K blocks of one
+# group (8 words, rows paired in registers), N = 40 masked.
+TC_CASES = [(4, -1, 48, 200), (4, 128, 48, 256), (4, 256, 40, 512), (2, -1, 48, 512), (2, 256, 40, 512),
+            (2, 128, 40, 384)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -107,14 +109,15 @@ def test_tensor_core_gemm_matches_reference(bits, group_size, N, K, M, split_k, 
     _, q, s, z = packed(N, K, bits, group_size, seed=N + K + bits, device=device, std=0.01)
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(M)).to(device, torch.float16)
     x[0, 3] = 6e4  # a spike (small weights keep y finite): the field sums are fp32, nothing overflows
-    check(x, q, s, z, bits, group_size, KernelConfig(block_n=32, block_k=gemm_tc.block_k(bits), split_k=split_k,
-                                                     block_m=16, num_warps=2, num_stages=2))
+    config = KernelConfig(block_n=32, block_k=gemm_tc.block_k(bits, group_size), split_k=split_k, block_m=16,
+                          num_warps=2, num_stages=2)
+    check(x, q, s, z, bits, group_size, config)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_launch_routes_small_fp16_batches_to_the_tensor_core_gemm(device, monkeypatch):
-    """config=None, fp16, 2 ≤ M ≤ 16 and groups of whole K blocks run gemm_tc; 2-bit g128, bf16, M = 17 and
-    HARNESS_HALF2=0 run the reshaping GEMM."""
+    """config=None, fp16, 2 ≤ M ≤ 16 and groups of whole K blocks (2-bit g128 included) run gemm_tc; 2-bit g64,
+    bf16, M = 17 and HARNESS_HALF2=0 run the reshaping GEMM."""
     from harness.packed import gemm, gemm_tc
 
     ran = []
@@ -131,7 +134,8 @@ def test_launch_routes_small_fp16_batches_to_the_tensor_core_gemm(device, monkey
 
         monkeypatch.setattr(mod, name, Spy(kern, name))
     cases = [(4, 128, 3, torch.float16, "gemm_tc_even"), (2, -1, 16, torch.float16, "gemm_tc_even"),
-             (2, 128, 3, torch.float16, "gemm_kernel"), (4, 128, 3, torch.bfloat16, "gemm_kernel"),
+             (2, 128, 3, torch.float16, "gemm_tc_even"), (2, 64, 3, torch.float16, "gemm_kernel"),
+             (4, 128, 3, torch.bfloat16, "gemm_kernel"),
              (4, -1, 17, torch.float16, "gemm_kernel")]
     for bits, group, M, dtype, want in cases:
         _, q, s, z = packed(32, 256, bits, group, device=device)

@@ -35,6 +35,20 @@ Cost (sm_90 SASS main loop, ``benchmarks/kernel_sass.py``): per weight ½ ``lop3
 + ¼ ``HMMA`` (M = 16: 128 weights per m16n8k16; + ¼ per group for the zero dot) + the packed load and
 the x split: 1.7–2.4 at M = 16 against the reshaping GEMM's 3.1–4.3 (docs/kernels.md).
 
+2-bit groups of 128 (``PAIRED``, a K block of 8 words). A 16-word block spans 256 inputs, two groups, and one
+m16n8k16 needs 16 K rows, so the block above cannot keep one scale and zero a block. Rather than mask the
+activations into two half-empty dots a group (twice the mma and eight field accumulators), the K block is one
+group, 8 words, whose rows are doubled in registers: ``_pair_rows`` joins each word w with w >> 4 into rows
+2r + h of a (16, BLOCK_N) tile. Fields 0 and 1 (bits 0-3) of byte B of row 2r + h are codes 4B + 2h and
+4B + 2h + 1 of word r, so 8 codes a row (J = 2B + i) at *two* field positions cover the word's 16 codes: each
+register pair of the mma operand is the thread's own word and its shift (one ``shf`` a word), and the combine
+has two accumulators, s·2^22·(4·acc_0 + acc_1), not four. The activation block is permuted to match
+(x_J holds k = 16r + 4B + 2h + i at row 2r + h). The zero term is −(s·z)·Σx with Σ_k x_k from one narrow dot,
+x (BLOCK_M, 128) · 1 (128, XS_N), XS_N = 8 · warps: its equal columns, tiled across BLOCK_N, are already in the
+accumulator's layout (the mma layout repeats its 8 · warps columns along N in registers), so it costs one
+mma a warp and K step instead of the per-group zero dot's one per 8 columns (whose broadcast operand pairs
+ptxas also copies register by register). Σx is fp32 (exact products), as in the per-channel path.
+
 fp16 activations only (bf16, fp32 and ``HARNESS_HALF2=0`` run ``harness.packed.gemm``); PTX = 0 (the
 interpreter) builds the same fp16 bit patterns in pure Triton.
 """
@@ -76,6 +90,46 @@ def _split8(t):
     x1, x5 = tl.split(oe)
     x3, x7 = tl.split(oo)
     return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _pair_rows(w):
+    """2-bit, K block of one 128-input group: (8, BLOCK_N) packed words → (16, BLOCK_N) with row 2r + h =
+    word r shifted right by 4·h. Fields 0 and 1 (bits 0-3) of byte B of row 2r + h are codes 4B + 2h and
+    4B + 2h + 1 of word r, so 8 codes a row at two field positions cover all 16 codes of the word. The new axis
+    is innermost (join), so both rows of a thread's operand register come from the thread's own word."""
+    t = tl.join(w, w >> 4)  # (8, BLOCK_N, 2): [..., h] = w >> 4h
+    t = tl.permute(t, (0, 2, 1))  # (8, 2, BLOCK_N)
+    return tl.reshape(t, (2 * w.shape[0], w.shape[1]))  # (16, BLOCK_N), row 2r + h
+
+
+@triton.jit
+def _mac_paired(a0, a1, x, words, J: tl.constexpr, PTX: tl.constexpr):
+    """acc_i += x_J · W_J of the paired tile (``_pair_rows``): J = 2B + i is field i < 2 of byte B."""
+    w = _field(words, 4 * (J // 2) + J % 2, 2, PTX)
+    if J % 2 == 0:
+        a0 = tl.dot(x, w, a0)
+    else:
+        a1 = tl.dot(x, w, a1)
+    return a0, a1
+
+
+@triton.jit
+def _block_paired(a0, a1, xa, words, PTX: tl.constexpr):
+    """Σ_J x_J · W_J of one paired K block: xa (BLOCK_M, 128) in natural k order, words (16, BLOCK_N) from
+    ``_pair_rows``; x_J holds k = 16r + 4B + 2h + i at row 2r + h (J = 2B + i)."""
+    BM: tl.constexpr = xa.shape[0]
+    t = tl.permute(tl.reshape(xa, (BM, 8, 4, 2, 2)), (0, 1, 3, 2, 4))  # (BM, r, h, B, i)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _split8(tl.reshape(t, (BM, 16, 2, 2, 2)))  # x_J, J = 2B + i
+    a0, a1 = _mac_paired(a0, a1, x0, words, 0, PTX)
+    a0, a1 = _mac_paired(a0, a1, x1, words, 1, PTX)
+    a0, a1 = _mac_paired(a0, a1, x2, words, 2, PTX)
+    a0, a1 = _mac_paired(a0, a1, x3, words, 3, PTX)
+    a0, a1 = _mac_paired(a0, a1, x4, words, 4, PTX)
+    a0, a1 = _mac_paired(a0, a1, x5, words, 5, PTX)
+    a0, a1 = _mac_paired(a0, a1, x6, words, 6, PTX)
+    a0, a1 = _mac_paired(a0, a1, x7, words, 7, PTX)
+    return a0, a1
 
 
 @triton.jit
@@ -132,11 +186,13 @@ def _block(a0, a1, a2, a3, xa, words, BITS: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
-def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr, ZDOT: tl.constexpr):
+def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr, PAIRED: tl.constexpr, ZDOT: tl.constexpr):
     """acc + s·(Σ_i 2^(24 − b·i)·acc_i − z·Σx): s, z (BLOCK_N,) fp32, xs (BLOCK_M,) fp32; with ZDOT the
-    −z·Σx term is already in acc_0."""
+    −z·Σx term is already in acc_0. PAIRED (2-bit, ``_pair_rows``): fields 0 and 1 only."""
     if BITS == 4:  # s·(2^24·a0 + 2^20·a1) = s·2^20·(16·a0 + a1): one scaled column vector
         acc = acc + (a0 * 16.0 + a1) * (s * 1048576.0)[None, :]
+    elif PAIRED:  # s·2^22·(4·a0 + a1)
+        acc = acc + (a0 * 4.0 + a1) * (s * 4194304.0)[None, :]
     else:  # s·2^18·(64·a0 + 16·a1 + 4·a2 + a3)
         acc = acc + (((a0 * 4.0 + a1) * 4.0 + a2) * 4.0 + a3) * (s * 262144.0)[None, :]
     if ZDOT:
@@ -145,19 +201,35 @@ def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr, ZDOT: tl.constex
         return acc - xs[:, None] * (z * s)[None, :]
 
 
+@triton.jit
+def _combine_paired(acc, a0, a1, xa, s, z, XS_N: tl.constexpr):
+    """acc + s·2^22·(4·a0 + a1) − (s·z)·Σx for one paired K block (one group). Σ_k x_k (BLOCK_M,) comes from
+    one narrow dot with a ones tile, xa (BLOCK_M, BLOCK_K) · 1 (BLOCK_K, XS_N), whose XS_N = 8 · warps columns
+    (one mma tile a warp) are equal; tiled across BLOCK_N it lands in the accumulator's own layout (the mma
+    layout repeats its 8 · warps columns along N in registers), so no data moves."""
+    BM: tl.constexpr = acc.shape[0]
+    BN: tl.constexpr = acc.shape[1]
+    xs = tl.dot(xa, tl.full((xa.shape[1], XS_N), 1.0, tl.float16))  # (BM, XS_N) fp32, every column Σ_k x_k
+    xs = tl.reshape(tl.broadcast_to(xs[:, None, :], (BM, BN // XS_N, XS_N)), (BM, BN))
+    return acc + (a0 * 4.0 + a1) * (s * 4194304.0)[None, :] - xs * (s * z)[None, :]
+
+
 @triton.jit(do_not_specialize=["epoch"])
 def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoch, M, N, K, stride_xm, stride_om,
                    M_BUCKET, BITS: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, PTX: tl.constexpr,
-                   EVEN: tl.constexpr):
+                   EVEN: tl.constexpr, XS_N: tl.constexpr = 32):
     """out (M, N) = x (M, K) @ Ŵᵀ, fp16 x; the module docstring. Grid: (cdiv(M, BLOCK_M)·cdiv(N, BLOCK_N),
-    SPLIT_K); BLOCK_K = 16·P (checked); GROUP = 0 or a multiple of BLOCK_K. Split-K: contiguous runs of K
+    SPLIT_K); BLOCK_K = 16·P, or 8·P = 128 for 2-bit (PAIRED; checked); GROUP = 0 or a multiple of BLOCK_K;
+    XS_N: ``xs_width`` (the paired Σx dot). Split-K: contiguous runs of K
     blocks per split and the deterministic epilogue ``split_k_reduce``, as ``harness.packed.gemm``. EVEN
     (``gemm_tc_even`` sets it): K and N are multiples of the blocks, so no K or N masks in the loop."""
     P: tl.constexpr = 32 // BITS
     BLOCK_KW: tl.constexpr = BLOCK_K // P
+    PAIRED: tl.constexpr = BLOCK_KW == 8  # 2-bit, one 128-input group a K block: rows doubled by _pair_rows
     ZDOT: tl.constexpr = GROUP != 0  # per group: −z·Σx by one more dot; per channel: Σx summed, applied once
-    tl.static_assert(BLOCK_KW == 16, "gemm_tc: BLOCK_K must be 16 words (128 4-bit / 256 2-bit inputs)")
+    tl.static_assert(BLOCK_KW == 16 or (BITS == 2 and BLOCK_KW == 8),
+                     "gemm_tc: BLOCK_K must be 16 words (128 4-bit / 256 2-bit inputs), or 8 (2-bit, 128)")
     tl.static_assert(GROUP % BLOCK_K == 0, "gemm_tc: a K block must not straddle a group")
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -203,22 +275,27 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
             a1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             a2 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             a3 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        a0, a1, a2, a3 = _block(a0, a1, a2, a3, xa, words, BITS, PTX)
+        if PAIRED:
+            a0, a1 = _block_paired(a0, a1, xa, _pair_rows(words), PTX)  # two field positions: a2, a3 stay 0
+        else:
+            a0, a1, a2, a3 = _block(a0, a1, a2, a3, xa, words, BITS, PTX)
         if GROUP != 0:
             g = (b * BLOCK_K) // GROUP
             s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            zt = (z * -5.9604644775390625e-08).to(tl.float16)  # −z·2^−24, an exact subnormal
-        if ZDOT:
+            zt = (z * -5.9604644775390625e-08).to(tl.float16)  # −z·2^−24, an exact subnormal (ZDOT)
+        if PAIRED:
+            acc = _combine_paired(acc, a0, a1, xa, s, z, XS_N)
+        elif ZDOT:
             a0 = tl.dot(xa, tl.broadcast_to(zt[None, :], (BLOCK_K, BLOCK_N)), a0)  # −z·Σx, on the tensor cores
         else:
             xs += tl.sum(xa.to(tl.float32), axis=1)
-        if GROUP != 0:
-            acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, ZDOT)
+        if GROUP != 0 and not PAIRED:
+            acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, PAIRED, ZDOT)
     if GROUP == 0:
         s = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, ZDOT)
+        acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, PAIRED, ZDOT)
     mask = mask_m[:, None] & mask_n[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     if SPLIT_K == 1:
@@ -232,12 +309,19 @@ gemm_tc_even = triton.heuristics({"EVEN": lambda a: a["K"] % a["BLOCK_K"] == 0 a
     gemm_tc_kernel)
 
 
-def block_k(bits: int) -> int:
-    """The K block of ``gemm_tc_kernel``: 16 packed words."""
+def block_k(bits: int, group: int = 0) -> int:
+    """The K block of ``gemm_tc_kernel``: 16 packed words, or 8 for 2-bit groups of 128 (``_pair_rows``)."""
+    if bits == 2 and group and group % 256:
+        return 128
     return 16 * (32 // bits)
+
+
+def xs_width(block_n: int, num_warps: int) -> int:
+    """XS_N of ``_combine_paired``: one mma tile (8 columns) a warp, at least the 16 ``tl.dot`` needs."""
+    return min(block_n, max(16, 8 * num_warps))
 
 
 def fits(M: int, bits: int, group: int, fp16: bool) -> bool:
     """Whether ``gemm_tc_kernel`` serves this launch: 2 ≤ M ≤ 16, fp16 activations, and groups a whole number
-    of K blocks (per channel, or 4-bit g ≥ 128, 2-bit g ≥ 256; 2-bit g128 runs ``harness.packed.gemm``)."""
-    return fp16 and 2 <= M <= 16 and (group == 0 or group % block_k(bits) == 0)
+    of K blocks (per channel, or g ≥ 128: 4-bit g128 and 2-bit g256 in blocks of 16 words, 2-bit g128 of 8)."""
+    return fp16 and 2 <= M <= 16 and (group == 0 or group % block_k(bits, group) == 0)

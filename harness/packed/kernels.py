@@ -109,12 +109,12 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
     is_gemv = M == 1 and (group == 0 or group >= 2 * P)  # a GEMV block holds two words a column (2-bit g16: GEMM)
     # 2 ≤ M ≤ 16, fp16: the tensor-core GEMM, unless a given config asks for another K block or row tile
     tc = not is_gemv and gemm_tc.fits(M, bits, group, half2_enabled(x)) and (
-        config is None or (config.block_k == gemm_tc.block_k(bits) and config.block_m == 16))
+        config is None or (config.block_k == gemm_tc.block_k(bits, group) and config.block_m == 16))
     if config is None:  # measured, else (unless tuning was asked for) the static model's choice; CUDA only
         config = shipped_config(is_gemv, x, N, K, bits, group, static=tc or not autotune_enabled(),
                                 kernel="gemm_tc" if tc else None)
     tuned = config is None and autotune_enabled() and not tc  # the tensor-core GEMM is not autotuned
-    cfg = fit(config or (DEFAULT_GEMV if is_gemv else default_gemm_tc(bits) if tc else DEFAULT_GEMM), group)
+    cfg = fit(config or (DEFAULT_GEMV if is_gemv else default_gemm_tc(bits, group) if tc else DEFAULT_GEMM), group)
     split = MAX_SPLIT_K if tuned else cfg.split_k
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)
     part = torch.empty((split, M, N) if split > 1 else (1,), device=x.device, dtype=torch.float32)
@@ -135,7 +135,8 @@ def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: 
         gemm_tc.gemm_tc_even[grid](x, qweight, scales, zeros, out, part, cnt, epoch, M, N, K, x.stride(0),
                                    out.stride(0), m_bucket(M), BITS=bits, GROUP=group, BLOCK_M=16,
                                    BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, SPLIT_K=cfg.split_k, GROUP_M=8,
-                                   PTX=not interpreting(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                                   PTX=not interpreting(), XS_N=gemm_tc.xs_width(cfg.block_n, cfg.num_warps),
+                                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
         mb = m_bucket(M)
         common["DOT_F32"] = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreting())

@@ -53,10 +53,10 @@ DEFAULT_GEMV = KernelConfig(block_n=512, block_k=128, split_k=8, num_warps=2, nu
 DEFAULT_GEMM = KernelConfig(block_n=64, block_k=64, split_k=1, block_m=32, num_warps=4, num_stages=2)
 
 
-def default_gemm_tc(bits: int) -> KernelConfig:
+def default_gemm_tc(bits: int, group: int = 0) -> KernelConfig:
     """The tensor-core GEMM's fixed default (``harness.packed.gemm_tc``; its K block is 16 packed words):
     4-bit 64 columns a warp, 2-bit 32 (``STATIC_GEMM_TC_SPACE``)."""
-    return KernelConfig(block_n=128, block_k=gemm_tc.block_k(bits), split_k=1, block_m=16,
+    return KernelConfig(block_n=128, block_k=gemm_tc.block_k(bits, group), split_k=1, block_m=16,
                         num_warps=2 if bits == 4 else 4, num_stages=3)
 
 
@@ -239,16 +239,16 @@ def sass_configs(kernel: str, bits: int, group: int, quick: bool = False, space:
 
 def _tc_sass_configs(bits: int, group: int, quick: bool, space: list | None):
     """``sass_configs`` of the tensor-core GEMM (none where a K block of 16 words would straddle a group)."""
-    bk = gemm_tc.block_k(bits)
+    bk = gemm_tc.block_k(bits, group)
     if group and group % bk:
         return
     if quick:
-        d = default_gemm_tc(bits)
+        d = default_gemm_tc(bits, group)
         space = [(16, d.block_n, bk, d.num_warps, d.num_stages)]
     space = list(dict.fromkeys((16, bn, bk, w, st) for _, bn, _, w, st in (space or STATIC_GEMM_TC_SPACE[bits])))
     types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "epoch": "i32", "M": "i32", "N": "i32", "K": "i32",
              "stride_xm": "i32", "stride_om": "i32", "M_BUCKET": "i32"}
     for bm, bn, _, w, stages in space:
         ce = dict(BITS=bits, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=1, GROUP_M=8, PTX=True,
-                  EVEN=True)
+                  EVEN=True, XS_N=gemm_tc.xs_width(bn, w))
         yield gemm_tc.gemm_tc_kernel, types, ce, w, stages, bits, group, bk, bn
