@@ -416,8 +416,8 @@ def ship(args) -> int:
     bits_list, groups = [int(b) for b in args.bits.split(",")], [int(g) for g in args.groups.split(",")]
     kernels = [k for k in args.kernels.split(",") if k in ("gemv", "gemm", "gemm_tc")]
     for bits in bits_list:
-        spaces = {"gemv": T.STATIC_GEMV_SPACE, "gemm": T.STATIC_GEMM_SPACE, "gemm_tc": T.STATIC_GEMM_TC_SPACE[bits]}
         for group in groups:
+            spaces = {"gemv": T.STATIC_GEMV_SPACE, "gemm": T.STATIC_GEMM_SPACE, "gemm_tc": T.gemm_tc_space(bits, group)}
             rows = {k: static_rows(k, bits, group, spaces[k]) for k in kernels}
             if "gemv" in rows:
                 d = T.fit(T.DEFAULT_GEMV, group)

@@ -54,10 +54,13 @@ DEFAULT_GEMM = KernelConfig(block_n=64, block_k=64, split_k=1, block_m=32, num_w
 
 
 def default_gemm_tc(bits: int, group: int = 0) -> KernelConfig:
-    """The tensor-core GEMM's fixed default (``harness.packed.gemm_tc``; its K block is 16 packed words):
-    4-bit 64 columns a warp, 2-bit 32 (``STATIC_GEMM_TC_SPACE``)."""
-    return KernelConfig(block_n=128, block_k=gemm_tc.block_k(bits, group), split_k=1, block_m=16,
-                        num_warps=2 if bits == 4 else 4, num_stages=3)
+    """The tensor-core GEMM's fixed default (``harness.packed.gemm_tc``; its K block is 16 packed words, 8 for
+    2-bit g128): 4-bit and 2-bit g128 64 columns a warp, other 2-bit 32 (``STATIC_GEMM_TC_SPACE``)."""
+    bk = gemm_tc.block_k(bits, group)
+    if bits == 2 and bk == 128:
+        return KernelConfig(block_n=256, block_k=bk, split_k=1, block_m=16, num_warps=4, num_stages=3)
+    return KernelConfig(block_n=128, block_k=bk, split_k=1, block_m=16, num_warps=2 if bits == 4 else 4,
+                        num_stages=3)
 
 
 MAX_SPLIT_K = 16  # the largest split of the configuration spaces: sizes the fp32 partials
@@ -133,9 +136,19 @@ STATIC_GEMM_SPACE = [(16, bn, bk, w, st) for bn, bk, w in [(32, 128, 2), (64, 64
                      for st in (3, 4)]
 # The tensor-core GEMM (M 2–16, fp16): BLOCK_K is 16 packed words (0 here: filled per bits). 4-bit: 64 columns
 # a warp (the activation split and the per-group dot are per warp; 32 a warp cost 2.7 instructions per 4-bit g128
-# weight); 2-bit: 32 columns a warp (its four field accumulators spill at 64).
+# weight); 2-bit: 32 columns a warp (its four field accumulators spill at 64). 2-bit g128 (K blocks of 8 words,
+# two field accumulators: ``gemm_tc_space``): 64 columns a warp (32 cost 2.8 instructions per weight).
 STATIC_GEMM_TC_SPACE = {4: [(16, bn, 0, w, st) for bn, w in [(128, 2), (256, 4)] for st in (3, 4)],
                         2: [(16, bn, 0, w, st) for bn, w in [(64, 2), (128, 4)] for st in (3, 4)]}
+STATIC_GEMM_TC_PAIRED_SPACE = [(16, bn, 0, w, st) for bn, w in [(256, 4), (512, 8)] for st in (3, 4)]
+
+
+def gemm_tc_space(bits: int, group: int) -> list:
+    """The static space of the tensor-core GEMM for this bits × group (2-bit g128: the paired K block)."""
+    return STATIC_GEMM_TC_PAIRED_SPACE if gemm_tc.block_k(bits, group) == 128 and bits == 2 else \
+        STATIC_GEMM_TC_SPACE[bits]
+
+
 STATIC_SPLITS = (1, 2, 4, 8, 16, 32)
 STATIC_M_BUCKETS = (1, 2, 4, 8, 16)
 
@@ -245,7 +258,7 @@ def _tc_sass_configs(bits: int, group: int, quick: bool, space: list | None):
     if quick:
         d = default_gemm_tc(bits, group)
         space = [(16, d.block_n, bk, d.num_warps, d.num_stages)]
-    space = list(dict.fromkeys((16, bn, bk, w, st) for _, bn, _, w, st in (space or STATIC_GEMM_TC_SPACE[bits])))
+    space = list(dict.fromkeys((16, bn, bk, w, st) for _, bn, _, w, st in (space or gemm_tc_space(bits, group))))
     types = {**_PTRS, "part_ptr": "*fp32", "cnt_ptr": "*i32", "epoch": "i32", "M": "i32", "N": "i32", "K": "i32",
              "stride_xm": "i32", "stride_om": "i32", "M_BUCKET": "i32"}
     for bm, bn, _, w, stages in space:
