@@ -28,6 +28,8 @@ measured by ``benchmarks/kernel_speed.py`` and ``benchmarks/kernel_sass.py``, no
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 
@@ -86,19 +88,51 @@ def _next_epoch(device: torch.device, cnt: torch.Tensor) -> int:
     return epoch
 
 
+@functools.cache
+def _interpreter_scalars() -> None:
+    """Let the interpreter of triton < 3.9 loop over runtime bounds (``range(b0, b1)``, ``tl.range``).
+
+    Its interpreter holds a scalar as a numpy array of shape (1,) and turns it into a Python int with
+    ``int(array)``, which numpy 2 refuses for arrays of one dimension, so every kernel with a K loop failed under
+    ``TRITON_INTERPRET=1`` with triton 3.6. Triton 3.9 converts ``array.squeeze()``; this wraps the interpreter's
+    tensor patching to do the same where its ``__index__`` lacks it (checked in its source, so a fixed
+    interpreter is left alone). The interpreter's patches are scoped to one launch and undone in reverse
+    order, so this one is too."""
+    import inspect
+
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    try:
+        src = inspect.getsource(patch) if patch is not None else ""
+    except (OSError, TypeError):
+        return
+    if "int(self.handle.data))" not in src:
+        return
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patched
+
+
 def launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
            group_size: int, config: KernelConfig | None = None) -> torch.Tensor:
     """Run the Triton kernel: x (M, K) fp16/bf16/fp32 → (M, N) in x's dtype.
 
     2 ≤ M ≤ 16 with fp16 activations (half2 on) and groups of whole K blocks runs the tensor-core GEMM
     ``harness.packed.gemm_tc`` (never autotuned): for ``config=None``, or a config with ``block_k`` = 16
-    packed words and ``block_m`` = 16; every other M ≥ 2 launch runs ``harness.packed.gemm``.
+    packed words (8 for 2-bit g128: ``gemm_tc.block_k``) and ``block_m`` = 16; every other M ≥ 2 launch runs
+    ``harness.packed.gemm``.
     ``config=None`` runs a shipped configuration (measured on this GPU, else chosen by the static model:
     ``harness.packed.tuning``), else autotunes if asked (``HARNESS_AUTOTUNE=1``), else the fixed default;
     a given config runs as is
     (tests use it to cover split-K, masking and several block shapes). Split-K partials go to an fp32
     workspace (SPLIT_K, M, N), uninitialised: every split writes its part before the last one reads.
     """
+    if interpreting():
+        _interpreter_scalars()
     M, K = x.shape
     N = qweight.shape[1]
     P = codes_per_word(bits)
