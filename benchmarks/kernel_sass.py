@@ -340,7 +340,7 @@ def fp16_jobs(quick: bool):
 
 
 def fmt(r: Row) -> str:
-    cfg = " ".join(f"{k}={v}" for k, v in r.config.items() if k not in ("BITS", "GROUP", "GROUP_M", "DOT_F32"))
+    cfg = " ".join(f"{k}={v}" for k, v in r.config.items() if k not in ("BITS", "GROUP", "GROUP_M", "DOT_F32", "XS_N"))
     return (f"{r.kernel:<10} {r.bits:>4} {r.group or 'pc':>5} {cfg:<44} {r.num_warps:>2} {r.num_stages:>2} "
             f"{r.instr_per_weight:>8.2f} {r.registers:>4} {r.spill_instructions:>5} {100 * r.ceiling:>7.1f}% "
             f"{r.paper_ps_per_weight:>7.3f}")
