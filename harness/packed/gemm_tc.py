@@ -186,13 +186,11 @@ def _block(a0, a1, a2, a3, xa, words, BITS: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
-def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr, PAIRED: tl.constexpr, ZDOT: tl.constexpr):
+def _combine(acc, a0, a1, a2, a3, xs, s, z, BITS: tl.constexpr, ZDOT: tl.constexpr):
     """acc + s·(Σ_i 2^(24 − b·i)·acc_i − z·Σx): s, z (BLOCK_N,) fp32, xs (BLOCK_M,) fp32; with ZDOT the
-    −z·Σx term is already in acc_0. PAIRED (2-bit, ``_pair_rows``): fields 0 and 1 only."""
+    −z·Σx term is already in acc_0 (the paired 2-bit g128 block: ``_combine_paired``)."""
     if BITS == 4:  # s·(2^24·a0 + 2^20·a1) = s·2^20·(16·a0 + a1): one scaled column vector
         acc = acc + (a0 * 16.0 + a1) * (s * 1048576.0)[None, :]
-    elif PAIRED:  # s·2^22·(4·a0 + a1)
-        acc = acc + (a0 * 4.0 + a1) * (s * 4194304.0)[None, :]
     else:  # s·2^18·(64·a0 + 16·a1 + 4·a2 + a3)
         acc = acc + (((a0 * 4.0 + a1) * 4.0 + a2) * 4.0 + a3) * (s * 262144.0)[None, :]
     if ZDOT:
@@ -283,19 +281,19 @@ def gemm_tc_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoc
             g = (b * BLOCK_K) // GROUP
             s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
             z = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            zt = (z * -5.9604644775390625e-08).to(tl.float16)  # −z·2^−24, an exact subnormal (ZDOT)
         if PAIRED:
             acc = _combine_paired(acc, a0, a1, xa, s, z, XS_N)
         elif ZDOT:
+            zt = (z * -5.9604644775390625e-08).to(tl.float16)  # −z·2^−24, an exact subnormal
             a0 = tl.dot(xa, tl.broadcast_to(zt[None, :], (BLOCK_K, BLOCK_N)), a0)  # −z·Σx, on the tensor cores
         else:
             xs += tl.sum(xa.to(tl.float32), axis=1)
         if GROUP != 0 and not PAIRED:
-            acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, PAIRED, ZDOT)
+            acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, ZDOT)
     if GROUP == 0:
         s = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         z = tl.load(z_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, PAIRED, ZDOT)
+        acc = _combine(acc, a0, a1, a2, a3, xs, s, z, BITS, ZDOT)
     mask = mask_m[:, None] & mask_n[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
     if SPLIT_K == 1:

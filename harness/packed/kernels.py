@@ -90,10 +90,10 @@ def _next_epoch(device: torch.device, cnt: torch.Tensor) -> int:
 
 @functools.cache
 def _interpreter_scalars() -> None:
-    """Let the interpreter of triton < 3.9 loop over runtime bounds (``range(b0, b1)``, ``tl.range``).
+    """Let an older Triton interpreter (3.6) loop over runtime bounds (``range(b0, b1)``, ``tl.range``).
 
-    Its interpreter holds a scalar as a numpy array of shape (1,) and turns it into a Python int with
-    ``int(array)``, which numpy 2 refuses for arrays of one dimension, so every kernel with a K loop failed under
+    It holds a scalar as a numpy array of shape (1,) and turns it into a Python int with ``int(array)``, which
+    recent numpy (2.4 here) refuses for arrays of one dimension, so every kernel with a K loop failed under
     ``TRITON_INTERPRET=1`` with triton 3.6. Triton 3.9 converts ``array.squeeze()``; this wraps the interpreter's
     tensor patching to do the same where its ``__index__`` lacks it (checked in its source, so a fixed
     interpreter is left alone). The interpreter's patches are scoped to one launch and undone in reverse
