@@ -64,10 +64,12 @@ def codes_of_pair(w, p: tl.constexpr, BITS: tl.constexpr):
 COUNT_BITS = 8  # a split-K counter word: (epoch << 8) | arrivals (SPLIT_K ≤ 255)
 EPOCH_UNIT = tl.constexpr(1 << COUNT_BITS)
 COUNT_MASK = tl.constexpr((1 << COUNT_BITS) - 1)
+ARRIVE_ASM, ARRIVE_CON = (tl.constexpr(v) for v in ptx.arrive_asm(COUNT_BITS))
 
 
 @triton.jit
-def split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile, pid_k, epoch, SPLIT_K: tl.constexpr):
+def split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile, pid_k, epoch, SPLIT_K: tl.constexpr,
+                   PTX: tl.constexpr = False):
     """Deterministic split-K epilogue: store this split's fp32 partial ``acc`` at ``part_ptrs`` (split
     ``pid_k`` at ``pid_k · split_stride``); the last split of output tile ``tile`` to arrive sums all
     partials in split order, stores them at ``out_ptrs`` and resets the counter, so no memset precedes
@@ -82,12 +84,18 @@ def split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile, 
     itself in (acq_rel ``atomic_add``, same thread and address, so after the max). The arrivals are the
     low bits; the last one resets the word to 0."""
     tl.store(part_ptrs + pid_k * split_stride, acc, mask=mask)
-    tl.debug_barrier()  # every thread's partial is written before the (single-thread) release below
-    tl.atomic_max(cnt_ptr + tile, epoch * EPOCH_UNIT, sem="relaxed", scope="gpu")
-    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") & COUNT_MASK
-    if arrived == SPLIT_K - 1:
+    if PTX:  # the same steps in one inline-PTX call (``harness.packed.ptx.arrive_asm``): no warp-aggregated atomics
+        last = tl.inline_asm_elementwise(ARRIVE_ASM, ARRIVE_CON, [cnt_ptr + tile, epoch * EPOCH_UNIT, SPLIT_K - 1],
+                                         dtype=tl.int32, is_pure=False, pack=1) != 0
+    else:
+        tl.debug_barrier()  # every thread's partial is written before the (single-thread) release below
+        tl.atomic_max(cnt_ptr + tile, epoch * EPOCH_UNIT, sem="relaxed", scope="gpu")
+        last = (tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") & COUNT_MASK) == SPLIT_K - 1
+    if last:
         y = tl.load(part_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
         for k in tl.static_range(1, SPLIT_K):
             y += tl.load(part_ptrs + k * split_stride, mask=mask, other=0.0, cache_modifier=".cg")
         tl.store(out_ptrs, y.to(out_ptrs.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(cnt_ptr + tile, 0)  # ready for the next launch
+        # ready for the next launch. Relaxed: every split of this tile has counted itself in, so nothing else
+        # touches the word in this launch, and the next launch is ordered after this one by the stream.
+        tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")

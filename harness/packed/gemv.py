@@ -239,7 +239,7 @@ def gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, out_ptr, part_ptr, cnt_ptr, epoch, 
     if SPLIT_K == 1:
         tl.store(out_ptr + n2, acc.to(out_ptr.dtype.element_ty), mask=m2)
     else:
-        split_k_reduce(acc, out_ptr + n2, part_ptr + n2, N, m2, cnt_ptr, pid_n, pid_k, epoch, SPLIT_K)
+        split_k_reduce(acc, out_ptr + n2, part_ptr + n2, N, m2, cnt_ptr, pid_n, pid_k, epoch, SPLIT_K, PTX)
 
 
 def configs() -> list[triton.Config]:

@@ -24,6 +24,32 @@ import struct
 PRMT_ASM = "prmt.b32 $0, $2, $3, 0x5410;\nprmt.b32 $1, $2, $3, 0x7632;"
 
 
+def arrive_asm(count_bits: int) -> tuple[str, str]:
+    """The split-K arrival of ``harness.packed.common.split_k_reduce`` in one call run by every thread of the CTA
+    (a 1-D block): after a barrier (every thread's partial is stored), thread 0 alone raises the tile's counter
+    to the launch's epoch (``red.max``, relaxed) and counts itself in (``atom.add``, acq_rel), and ``bar.red.or``
+    hands every thread the answer: $0 = 1 for the last split of the tile to arrive (arrivals before it, the low
+    ``count_bits`` bits, = $3), else 0; $1: the counter's address; $2: epoch << count_bits; $3: SPLIT_K − 1.
+
+    Thread 0 is ``%tid.x == 0`` itself, so ptxas issues each atomic once; a predicate it cannot see as one lane
+    (Triton 3.6's, from the layout) makes it aggregate the atomics over the warp (about 15 SASS instructions)."""
+    asm = f"""{{
+.reg .pred p, q;
+.reg .b32 t, c;
+mov.u32 t, %tid.x;
+setp.eq.u32 p, t, 0;
+mov.u32 c, 0;
+bar.sync 0;
+@p red.relaxed.gpu.global.max.s32 [$1], $2;
+@p atom.acq_rel.gpu.global.add.u32 c, [$1], 1;
+and.b32 c, c, {(1 << count_bits) - 1};
+setp.eq.and.u32 q, c, $3, p;
+bar.red.or.pred q, 0, q;
+selp.u32 $0, 1, 0, q;
+}}"""
+    return asm, "=r,l,r,r"
+
+
 def _f16x2(v: float) -> str:
     """A PTX b32 immediate holding ``v`` in both fp16 lanes."""
     h = struct.unpack("<H", struct.pack("<e", v))[0]
