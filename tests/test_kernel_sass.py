@@ -62,6 +62,32 @@ def test_counts_are_deterministic():
     assert outs[0] == outs[1] and outs[0]
 
 
+ARRIVE_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, "benchmarks")
+import kernel_sass as S
+import harness.packed.tuning as T
+((fn, types, ce, w, st, *_),) = T.sass_configs("gemv", 2, 0, quick=True)
+_, _, sass = S.resources(S.compile_sm90(fn, types, {**ce, "SPLIT_K": 2}, w, st).asm["cubin"])
+ops = [op for op, _ in S.parse_sass(sass)[0]]
+print(json.dumps({k: ops.count(k) for k in ("VOTEU", "REDUX", "POPC", "SHFL", "FLO", "REDG", "ATOMG")}))
+"""
+
+
+def test_split_k_counter_atomics_are_not_warp_aggregated():
+    """The GEMV's split-K epilogue (``harness.packed.common.split_k_reduce``) issues its counter atomics from one
+    thread: one ``red.max`` (epoch), one ``atom.add`` (arrival), one ``atom.exch`` (reset), and none of the vote,
+    redux, popc, shfl and flo of ptxas's warp aggregation, which it adds where it cannot see the predicate as one
+    lane (Triton 3.6's scalar atomics: about 15 instructions in every CTA, issue 26)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)
+    res = subprocess.run([sys.executable, "-c", ARRIVE_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = json.loads(res.stdout.strip().splitlines()[-1])
+    assert counts == {"VOTEU": 0, "REDUX": 0, "POPC": 0, "SHFL": 0, "FLO": 0, "REDG": 1, "ATOMG": 2}, counts
+
+
 MODEL_SCRIPT = r"""
 import json, sys
 sys.path.insert(0, "benchmarks")
