@@ -88,7 +88,9 @@ def split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile, 
     ``epoch << COUNT_BITS`` (``atomic_max``: a stale count left by an earlier, dead launch carries a
     smaller epoch and is wiped; an arrival of this launch is already above it and is kept), then counts
     itself in (acq_rel ``atomic_add``, same thread and address, so after the max). The arrivals are the
-    low bits; the last one resets the word to 0."""
+    low bits; the last one resets the word to 0 (relaxed: no other split touches it again in this launch).
+    PTX (the GEMV's half2 path) with Triton < 3.9 (``ARRIVE_PTX``) does the max and the count in one inline-PTX
+    call (``ptx.arrive_asm``), the same steps from thread 0 by ``%tid.x``, so that ptxas issues them once."""
     tl.store(part_ptrs + pid_k * split_stride, acc, mask=mask)
     if PTX and ARRIVE_PTX:  # the same steps in one inline-PTX call (``ptx.arrive_asm``): no warp-aggregated atomics
         last = tl.inline_asm_elementwise(ARRIVE_ASM, ARRIVE_CON, [cnt_ptr + tile, epoch * EPOCH_UNIT, SPLIT_K - 1],
