@@ -47,6 +47,10 @@ def run_ptx(asm: str, inputs: list[int], n_out: int) -> list:
             lo, hi, src = re.match(r"\{(\w+), (\w+)\}, (\S+)", rest).groups()
             regs[lo], regs[hi] = _lanes(val(src))
             continue
+        if op == "mov.b32" and rest.endswith("}"):  # pack two 16-bit operands: {lo, hi}
+            d, lo, hi = re.match(r"(\S+), \{(\S+), (\S+)\}", rest).groups()
+            regs[d] = (val(lo) & 0xFFFF) | (val(hi) & 0xFFFF) << 16
+            continue
         d, *a = [t.strip() for t in rest.split(",")]
         if op == "lop3.b32":
             x, y, z, lut = (val(t) for t in a)

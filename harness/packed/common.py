@@ -24,6 +24,7 @@ RESCALE4 = tl.constexpr(float(2 ** ptx.prescale_shift(4)))  # 2^S: 256.0
 RESCALE2 = tl.constexpr(float(2 ** ptx.prescale_shift(2)))  # 128.0
 ZERO4S_ASM = tl.constexpr(ptx.zero_asm(4, ptx.prescale_shift(4))[0])
 ZERO2S_ASM = tl.constexpr(ptx.zero_asm(2, ptx.prescale_shift(2))[0])
+ZERO4_CON, ZERO2_CON = tl.constexpr(ptx.zero_asm(4)[1]), tl.constexpr(ptx.zero_asm(2)[1])
 PRMT_ASM = tl.constexpr(ptx.PRMT_ASM)
 
 
@@ -32,13 +33,13 @@ def _zero_consts(z, BITS: tl.constexpr, PRESCALED: tl.constexpr):
     """Zero points z (1, BLOCK_N) fp16 → the F = 8/b fix-up constants Zᵢ = −(1024·2^{−b·i} + z)·2^−S, each
     (1, BLOCK_N) int32 holding the fp16 value in both lanes (``dot_asm``; S = 0 unless PRESCALED, the
     GEMV). One ``prmt`` + F ``sub.f16x2`` / ``fma.f16x2``."""
-    zb = z.to(tl.int16, bitcast=True).to(tl.int32)
+    zb = z.to(tl.int16, bitcast=True)  # a 16-bit operand: ptxas packs it into both lanes with one prmt
     if BITS == 4:
-        z0, z1 = tl.inline_asm_elementwise(ZERO4S_ASM if PRESCALED else ZERO4_ASM, "=r,=r,r", [zb],
+        z0, z1 = tl.inline_asm_elementwise(ZERO4S_ASM if PRESCALED else ZERO4_ASM, ZERO4_CON, [zb],
                                            dtype=(tl.int32, tl.int32), is_pure=True, pack=1)
         return z0, z1
     else:
-        z0, z1, z2, z3 = tl.inline_asm_elementwise(ZERO2S_ASM if PRESCALED else ZERO2_ASM, "=r,=r,=r,=r,r", [zb],
+        z0, z1, z2, z3 = tl.inline_asm_elementwise(ZERO2S_ASM if PRESCALED else ZERO2_ASM, ZERO2_CON, [zb],
                                                    dtype=(tl.int32,) * 4, is_pure=True, pack=1)
         return z0, z1, z2, z3
 

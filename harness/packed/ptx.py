@@ -140,18 +140,18 @@ def _pair_lines(bits: int, word: str, dest, first_zero: int, shift: int = 0):
 
 
 def zero_asm(bits: int, shift: int = 0) -> tuple[str, str]:
-    """PTX: zero point (fp16 bits in an int32) → the F = 8/b constants ``Zᵢ = −(1024·2^{−b·i} + z)·2^−shift``
+    """PTX: zero point (its fp16 bits, a 16-bit operand) → the F = 8/b constants ``Zᵢ = −(1024·2^{−b·i} + z)·2^−shift``
     of ``dot_asm`` / ``unpack_asm``, each in both fp16 lanes (exact: an integer ≤ 1039 times a power of
     two; one FMA z·(−2^−shift) + c each, a subtraction when shift = 0)."""
     F = 8 // bits
-    lines = ["{", ".reg .b32 zz, c, m;", f"prmt.b32 zz, ${F}, ${F}, 0x1010;"]
+    lines = ["{", ".reg .b32 zz, c, m;", f"mov.b32 zz, {{${F}, ${F}}};"]  # the fp16 bits ($F, 16-bit) in both lanes
     if shift:
         lines.append(f"mov.b32 m, {_f16x2(-(2.0 ** -shift))};")
     for i in range(F):
         lines.append(f"mov.b32 c, {_f16x2(-1024.0 * 2.0 ** (-bits * i - shift))};")
         lines.append(f"fma.rn.f16x2 ${i}, zz, m, c;" if shift else f"sub.f16x2 ${i}, c, zz;")
     lines.append("}")
-    return "\n".join(lines), ",".join(["=r"] * F + ["r"])
+    return "\n".join(lines), ",".join(["=r"] * F + ["h"])
 
 
 def unpack_asm(bits: int) -> tuple[str, str]:
