@@ -66,12 +66,6 @@ COUNT_BITS = 8  # a split-K counter word: (epoch << 8) | arrivals (SPLIT_K ≤ 2
 EPOCH_UNIT = tl.constexpr(1 << COUNT_BITS)
 COUNT_MASK = tl.constexpr((1 << COUNT_BITS) - 1)
 ARRIVE_ASM, ARRIVE_CON = (tl.constexpr(v) for v in ptx.arrive_asm(COUNT_BITS))
-# Triton < 3.9 predicates a scalar atomic on "lane 0 of warp 0" built from the layout ((tid & 31 | warp) == 0),
-# which ptxas cannot see as one lane, so it aggregates each atomic over the warp (vote, redux, popc, shfl: about 15
-# SASS instructions a split-K epilogue); Triton 3.9 tests %tid.x == 0 itself. Under 3.6 the GEMV's PTX path counts
-# in with ``ptx.arrive_asm`` instead (on 3.9 it would save 4 instructions but moves ptxas's register allocation of
-# the 2-bit g128 main loop by 3, so 3.9 keeps Triton's atomics).
-ARRIVE_PTX = tl.constexpr(tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 9))
 
 
 @triton.jit
@@ -90,10 +84,12 @@ def split_k_reduce(acc, out_ptrs, part_ptrs, split_stride, mask, cnt_ptr, tile, 
     smaller epoch and is wiped; an arrival of this launch is already above it and is kept), then counts
     itself in (acq_rel ``atomic_add``, same thread and address, so after the max). The arrivals are the
     low bits; the last one resets the word to 0 (relaxed: no other split touches it again in this launch).
-    PTX (the GEMV's half2 path) with Triton < 3.9 (``ARRIVE_PTX``) does the max and the count in one inline-PTX
-    call (``ptx.arrive_asm``), the same steps from thread 0 by ``%tid.x``, so that ptxas issues them once."""
+    PTX (the GEMV's half2 path) does the max and the count in one inline-PTX call (``ptx.arrive_asm``): the same
+    steps from thread 0 found by ``%tid.x`` itself. Triton 3.6 predicates scalar atomics on a "lane 0 of warp 0"
+    test built from the layout, which ptxas cannot see as one lane, so it aggregates each atomic over the warp
+    (vote, redux, popc, shfl: about 15 SASS instructions in every CTA)."""
     tl.store(part_ptrs + pid_k * split_stride, acc, mask=mask)
-    if PTX and ARRIVE_PTX:  # the same steps in one inline-PTX call (``ptx.arrive_asm``): no warp-aggregated atomics
+    if PTX:  # the same steps in one inline-PTX call (``ptx.arrive_asm``): no warp-aggregated atomics
         last = tl.inline_asm_elementwise(ARRIVE_ASM, ARRIVE_CON, [cnt_ptr + tile, epoch * EPOCH_UNIT, SPLIT_K - 1],
                                          dtype=tl.int32, is_pure=False, pack=1) != 0
     else:
