@@ -81,3 +81,14 @@ def test_a_block_without_a_spec_is_refused(tmp_path):
 def test_the_check_cli_refuses_without_reference(run_cli):
     res = run_cli("harness.report", "--check")
     assert res.returncode == 2 and "use it with --reference" in res.stderr
+
+
+def test_a_block_named_twice_in_the_spec_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; the spec loader names the key instead."""
+    spec = tmp_path / "published.yaml"
+    block = "headline:\n  kind: rows\n  rows: []\n"
+    spec.write_text(block + block)
+    with pytest.raises(ConfigError, match="'headline' appears more than once"):
+        published.load_specs(spec)
+    spec.write_text(block)
+    assert list(published.load_specs(spec)) == ["headline"]

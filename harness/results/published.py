@@ -309,8 +309,24 @@ def _as_list(x: Any) -> list[Any]:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a repeated key in a mapping (PyYAML keeps the last one silently, so a
+    block pasted twice would shadow the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        repeated = sorted({k for k in keys if keys.count(k) > 1}, key=str)
+        if repeated:
+            raise ConfigError(f"line {node.start_mark.line + 1}: key {repeated[0]!r} appears more than once in one "
+                              f"mapping; keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_specs(path: Path = SPEC_FILE) -> dict[str, dict[str, Any]]:
-    specs = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        specs = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     for name, spec in specs.items():
         if spec.get("kind") not in KINDS:
             raise ConfigError(f"{path}: block {name!r} has kind {spec.get('kind')!r}; use one of {', '.join(KINDS)}")
