@@ -16,7 +16,8 @@ Every tiny family and the default model are quantized through the run's phases, 
   so its own v1 → v2 conversion and kernel do the reading.
 
 The logits agree with the harness's quantized model within fp16 rounding, and the perplexity over the same
-windows to 4 significant digits.
+windows to 4 significant digits; the default model through GPTQModel (fp16 only, 30 layers) is checked by its
+weights bit for bit and by its fp16 drift against the harness's own (``check_gptqmodel_default``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 
 from harness.errors import ConfigError
 from harness.export.bitstream import pack_last, unpack_last
-from harness.packed.packing import pack_codes
+from harness.packed.packing import dequantize_packed, pack_codes
 from harness.plugins.hookspecs import RunContext
 from harness.run import export_checkpoint, load, pack, plan, quantize
 
@@ -296,15 +297,38 @@ DEFAULT_METHODS = {"rtn4-g64-sym": ("method=rtn", "bits=4", "group_size=64", "sy
                    "aptq-2/4": ("method=aptq", "ratio=0.5", "method.units=fused", "group_size=64")}
 
 
-#: open (2026-12-07): on SmolLM2-135M, GPTQModel's fp16 CPU run differs from the harness's packed model run in fp16
-#: by max |Δlogit| 1.43 of 37 (RTN-4 g64 sym), beyond the 2 % bound; the same export's codes and scales read
-#: exactly through compressed-tensors (fp32) and the import, and the tiny families pass. Not yet explained.
-GPTQMODEL_DEFAULT = pytest.mark.xfail(reason="unexplained fp16 gap of GPTQModel on the default model", strict=False)
+def check_gptqmodel_default(model, loaded, ids: torch.Tensor, ref32: tuple[torch.Tensor, float]) -> None:
+    """GPTQModel on the default model, in two parts, because its CPU kernel runs only in fp16 and 30 fp16
+    layers drift from the fp32 run by far more than one rounding, whoever computes them.
+
+    1. What it read: every quantized module's weight dequantized by GPTQModel's own code
+       (``dequantize_weight``: s·(q − z) in fp16) equals the harness's packed weight rounded once to fp16,
+       bit for bit. This is exact: a wrong code, zero (v1's zero − 1), scale or g_idx fails it.
+    2. What it computes: its fp16 logits deviate from the fp32 run of the same stored weights no more than the
+       harness's own fp16 run does, on average (measured 2026-12-07, RTN-4 g64 sym, two random 128-token
+       windows: mean |Δlogit| 0.0163 GPTQModel vs 0.0153 harness, of logits up to 37; max 2.64 vs 1.21, so the
+       max is not a usable bound: it is where the earlier "1.43 gap" between the two fp16 runs came from), and
+       its perplexity agrees with the fp32 run to 0.2 % (measured 0.14 %; harness fp16: 0.02 %).
+    """
+    from harness.packed.qlinear import QuantLinear
+
+    modules = dict(loaded.named_modules())
+    quantized = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    assert quantized
+    for name, q in quantized:
+        mine = dequantize_packed(q.qweight, q.scales, q.zeros, q.bits, q.group_size).half()  # (N, K)
+        theirs = modules[name].dequantize_weight().half()  # (N, K), as nn.Linear's weight
+        assert torch.equal(theirs, mine), f"{name}: max |ΔW| {(theirs.float() - mine.float()).abs().max():.3g}"
+    (l32, p32), (l16, _) = ref32, logits_and_ppl(model.half(), ids)
+    lg, pg = logits_and_ppl(loaded, ids)
+    drift_harness, drift_gptqmodel = (l16 - l32).abs().mean().item(), (lg - l32).abs().mean().item()
+    assert drift_gptqmodel <= 1.5 * drift_harness, (drift_gptqmodel, drift_harness)
+    assert abs(pg / p32 - 1) < 2e-3, (pg, p32)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("meth", DEFAULT_METHODS)
-@pytest.mark.parametrize("fmt", (pytest.param("gptq", marks=GPTQMODEL_DEFAULT), "compressed-tensors"))
+@pytest.mark.parametrize("fmt", ("gptq", "compressed-tensors"))
 def test_the_default_model_exports_load_in_the_ecosystem(fmt, meth, tiny_cfg, monkeypatch):
     """SmolLM2-135M (calibrated methods on the smoke profile's 4 windows of 64 tokens): the folder read by
     GPTQModel (fp16) or transformers + compressed-tensors (fp32) against the harness's packed model, on two
@@ -315,9 +339,7 @@ def test_the_default_model_exports_load_in_the_ecosystem(fmt, meth, tiny_cfg, mo
     model, folder, _ = export_run(tiny_cfg, "default", DEFAULT_METHODS[meth], fmt)
     ids = windows(model.config.vocab_size, n=2, T=128)
     ref = logits_and_ppl(model, ids)
-    if fmt == "gptq":  # GPTQModel's CPU kernel runs in fp16: the reference is the harness's packed model in fp16
-        # (30 layers in fp16 drift well beyond one fp16 rounding from the fp32 run, for either model)
-        got = logits_and_ppl(load_gptqmodel(folder, monkeypatch), ids)
-        check_close(logits_and_ppl(model.half(), ids), got, 2e-2)
+    if fmt == "gptq":
+        check_gptqmodel_default(model, load_gptqmodel(folder, monkeypatch), ids, ref)
     else:
         check_close(ref, logits_and_ppl(load_compressed_tensors(folder), ids), FP32_TOL)
