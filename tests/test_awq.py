@@ -11,7 +11,8 @@ from harness.packed.checkpoint import load_packed
 from harness.packed.qlinear import QuantLinear
 from harness.plugins.hookspecs import RunContext
 from harness.quantize.primitives import QuantSpec, quantize, rtn
-from harness.run import load, pack, plan, quantize as quantize_phase
+from harness.run import load, pack, plan
+from harness.run import quantize as quantize_phase
 from methods.awq import Awq, apply_clip, output_error, scale_candidates, search_clip, search_scale
 
 
