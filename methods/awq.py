@@ -256,12 +256,12 @@ class Awq(Gptq):
             qw = rtn(Ws, spec)
             Qs, grid = qw.Q, Grid(qw.scale, qw.zero)
         Q = Qs / s  # (d_out, d_in)
-        err_awq = output_error(Q - Wf, H)
+        err_awq, err = output_error(Q - Wf, H), relative_error(W, Q)  # err before W (a view) is overwritten
         layer.weight.data.copy_(Q.to(W.dtype))
         d_out, d_in = W.shape
         # the stored s: SCALE_BITS per input channel, i.e. per d_out weights
         bits = spec.bits + spec.overhead_bits(d_in) + SCALE_BITS / d_out
-        return LayerResult({"err": relative_error(W, Q), "alpha": alpha, "clipped": clipped,
+        return LayerResult({"err": err, "alpha": alpha, "clipped": clipped,
                             "output_err": err_awq, "output_err_rtn": err_rtn, **info, **stats,
                             "bits_per_weight_with_overhead": bits},
                            dataclasses.replace(grid, input_scale=s))

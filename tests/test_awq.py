@@ -76,6 +76,7 @@ def test_the_method_reduces_held_out_output_error_against_rtn(solver, outlier_in
     err = lambda Q: float(((Q - W) @ X_test.t()).norm())  # noqa: E731
     assert err(lin.weight.data) < 0.85 * err(rtn(W, m.spec(3)).Q)
     assert res.info["alpha"] > 0 and res.info["output_err"] < res.info["output_err_rtn"]
+    assert res.info["err"] == pytest.approx(float((lin.weight.data - W).norm() / W.norm()))  # measured, not 0
     assert "packable" not in res.info and res.grid.input_scale is not None
 
 
