@@ -13,7 +13,9 @@ Follows ``awq/quantize/auto_scale.py`` and ``auto_clip.py`` of mit-han-lab/llm-a
    clipped (the reference skips them: "due to qk bmm, it is hard to clip precisely").
 3. **Grid.** ``solver=rtn`` (the reference): round to nearest on the scaled, clipped weights;
    ``solver=gptq``: GPTQ's solver (``methods.gptq``) on them with the Hessian of the scaled inputs
-   ``H_s = diag(1/s) H diag(1/s)``. The layer keeps ``Q·diag(s)⁻¹``.
+   ``H_s = diag(1/s) H diag(1/s)``. The fake-quant layer keeps ``Q·diag(s)⁻¹``; ``quantize_layer`` returns
+   ``Q``'s grid (RTN's or GPTQ's scale and zero point of the scaled weights) with ``input_scale = s``, which
+   the packed layer stores (``pack=true``, ``save=true``: ``harness.packed.qlinear.QuantLinear``).
 
 Both objectives are evaluated through GPTQ's ``H = 2/n Σ X Xᵀ`` (accumulated by ``add_batch`` over *all*
 calibration tokens): the output error of a weight change ``ΔW`` is ``Σ_t ‖ΔW x_t‖² ∝ tr(ΔW H ΔWᵀ)``, and a
@@ -24,12 +26,21 @@ Deviations (each keeps the procedure, changes where it is measured or stored):
 - the reference measures the q/k/v scale on the attention block's output and the gate/up scale on
   the MLP's output (``module2inspect``); here every group is measured on its own linear outputs (summed
   over the group), which is what it does for o_proj and down_proj;
-- the reference folds ``1/s`` into the preceding norm or linear layer (so the stored weights lie on a
-  uniform grid); here ``1/s`` stays in the weights, evaluated as fake-quant. Hence ``packable: false``
-  (``NOT_PACKABLE``): the packed format has no per-input-channel scale, and folding into the previous
-  op (family-specific: RMSNorm, LayerNorm with bias, Gemma's ``1 + w``, MoE routers reading the same
-  normed input) is not implemented. The scales cost nothing in storage once folded; they are not
-  counted in the bits;
+- the reference folds ``1/s`` into the preceding norm or linear layer, so its stored weights are ``Q(W·s)``
+  on a uniform grid and ``s`` costs no storage; here ``s`` stays as a per-input-channel operation of the
+  layer itself: the fake-quant weights are ``Q(W·diag(s))·diag(s)⁻¹``, and the packed layer stores the codes
+  of ``Q(W·diag(s))`` on the grid plus ``s`` in fp16 (K,) and divides its input by ``s`` before the matmul
+  (``Grid.input_scale``; AutoAWQ's ``ScaledActivation`` does the same for activations it cannot fold).
+  Why not fold: the layers are quantized sequentially, block by block, so the previous linear layer
+  (up_proj before down_proj, v_proj before o_proj) is already on its grid when this layer's scale is
+  searched, and folding ``1/s`` into it would move it off that grid; and the op before a layer differs per
+  family (RMSNorm, LayerNorm with bias, Gemma's ``1 + w``, MoE routers and parallel attention/MLP reading
+  the same normed input), while one layer-local scale works for every family. Cost: 2·K bytes per layer
+  (``16 / d_out`` bits per weight: 0.023 on SmolLM2-135M), counted in ``bits_per_weight_with_overhead`` (the
+  record's bytes per weight) and in the packed model's measured bytes. ``s`` is rounded to fp16 before the
+  grid is found, so the fake-quant and the packed layer use the same ``s``. The export formats (GPTQ,
+  compressed-tensors) store only the integer grid, so ``save_format=gptq|compressed-tensors`` is refused
+  before anything is loaded (``export_refusal``);
 - the grid is the harness's min-max grid that includes 0 (GPTQ's, as RTN and GPTQ use here); the
   reference's ``pseudo_quantize_tensor`` spans ``[min w, max w]`` without forcing 0;
 - the layers are quantized block by block on the quantized model's propagated inputs (GPTQ's sequential
@@ -38,6 +49,7 @@ Deviations (each keeps the procedure, changes where it is measured or stored):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -48,17 +60,20 @@ from torch import nn
 
 from harness.errors import ConfigError
 from harness.plugins.hookspecs import hookimpl
+from harness.plugins.method import Method
 from harness.quantize.driver import LayerResult
 from harness.quantize.layers import local_name
-from harness.quantize.primitives import GRID_KEY, QuantSpec, relative_error, rtn
+from harness.quantize.primitives import GRID_KEY, SCALE_BITS, Grid, QuantSpec, relative_error, rtn
 from methods.gptq import Gptq, check_solver, gptq_quantize
 
 log = logging.getLogger(__name__)
 
 SOLVERS = ("rtn", "gptq")
 NO_CLIP = ("q_proj", "k_proj")  # the reference's "q_", "k_" rule (the attention's bilinear qk product)
-NOT_PACKABLE = ("AWQ keeps its per-input-channel scales in the weights (Q(W·s)/s, fake-quant); the packed "
-                "format has no per-input-channel scale and folding 1/s into the preceding layer is not implemented")
+NOT_EXPORTABLE = ("AWQ's per-input-channel activation scales s (kept in the packed layer, which divides its input "
+                  "by s, not folded into the preceding layer) have no place in this format, which stores only the "
+                  "integer grid; use save_format=packed")
+FP16_RANGE = (2.0**-14, 2.0**15)  # s is stored in fp16: kept within its normal range (never reached in practice)
 
 
 @dataclass
@@ -180,7 +195,12 @@ class Awq(Gptq):
         return " ".join([f"AWQ{solver}", *tags, *([] if self.config.clip else ["noclip"])])
 
     def pack_refusal(self) -> str | None:
-        return NOT_PACKABLE
+        """GPTQ's (act-order with dynamic groups) when GPTQ is the solver; the grid's own checks otherwise (RTN's
+        grid has no column order, so act-order does not apply to it)."""
+        return super().pack_refusal() if self.config.solver == "gptq" else Method.pack_refusal(self)
+
+    def export_refusal(self) -> str | None:
+        return NOT_EXPORTABLE
 
     def add_batch(self, name: str, X: torch.Tensor) -> None:
         super().add_batch(name, X)
@@ -221,7 +241,7 @@ class Awq(Gptq):
         Wf = W.float()
         H, cfg, info = self.take_hessian(name, layer)
         alpha, s = self.scales.pop(name, (0.0, torch.ones(W.shape[1], device=W.device)))
-        s = s.to(W.device)
+        s = s.to(W.device).clamp(*FP16_RANGE).half().float()  # (d_in,): the packed layer's fp16 s, exactly
         Ws = Wf * s  # (d_out, d_in): the scaled weights, inputs X / s
         Hs = H / s[:, None] / s[None, :]  # H of the scaled inputs
         err_rtn = output_error(rtn(Wf, spec).Q - Wf, H)
@@ -231,15 +251,20 @@ class Awq(Gptq):
         stats: dict[str, Any] = {}
         if self.config.solver == "gptq":
             Qs, stats = gptq_quantize(Ws, Hs, spec, cfg)
-            stats.pop(GRID_KEY)
+            grid = stats.pop(GRID_KEY)
         else:
-            Qs = rtn(Ws, spec).Q
+            qw = rtn(Ws, spec)
+            Qs, grid = qw.Q, Grid(qw.scale, qw.zero)
         Q = Qs / s  # (d_out, d_in)
-        err_awq = output_error(Q - Wf, H)
+        err_awq, err = output_error(Q - Wf, H), relative_error(W, Q)  # err before W (a view) is overwritten
         layer.weight.data.copy_(Q.to(W.dtype))
-        return LayerResult({"err": relative_error(W, Q), "alpha": alpha, "clipped": clipped,
+        d_out, d_in = W.shape
+        # the stored s: SCALE_BITS per input channel, i.e. per d_out weights
+        bits = spec.bits + spec.overhead_bits(d_in) + SCALE_BITS / d_out
+        return LayerResult({"err": err, "alpha": alpha, "clipped": clipped,
                             "output_err": err_awq, "output_err_rtn": err_rtn, **info, **stats,
-                            "packable": False, "packable_reason": NOT_PACKABLE})
+                            "bits_per_weight_with_overhead": bits},
+                           dataclasses.replace(grid, input_scale=s))
 
 
 @hookimpl

@@ -139,6 +139,9 @@ def test_each_capability_refusal_is_one_line_before_loading(tiny_cfg, monkeypatc
     cases = {
         ("method=owq", "pack=true"): "OWQ 4.01 cannot be packed: fp16 weak columns",
         ("method=pbllm", "save=true"): "cannot be packed: binarized weights",
+        ("method=awq", "save=true", "save_format=gptq"): "save_format=gptq: AWQ's per-input-channel activation",
+        ("method=awq", "method.solver=gptq", "act_order=true", "group_size=32", "pack=true"):
+            "act_order with dynamic groups",
         ("method=fp16", "pack=true"): "leaves the model as is",
         ("method=rtn", "bits=3", "pack=true"): "bits=3 cannot be packed",
         ("method=gptq", "act_order=true", "group_size=32", "pack=true"): "act_order with dynamic groups",

@@ -224,6 +224,10 @@ def test_a_plan_that_splits_a_fused_layer_is_refused_before_quantizing(tiny_cfg,
 @pytest.mark.parametrize("overrides,message", [
     (("save_format=awq",), "save_format='awq' is unknown"),
     (("method=owq", "bits=4"), "save_format=gptq: fp16 weak columns are not one uniform integer grid"),
+    (("method=awq", "bits=4"), "save_format=gptq: AWQ's per-input-channel activation scales s .* use "
+                               "save_format=packed"),
+    (("method=awq", "bits=4", "method.solver=gptq", "save_format=compressed-tensors"),
+     "save_format=compressed-tensors: AWQ's per-input-channel activation scales"),
     (("model=tiny_mixtral",), "mixture-of-experts"),
     (("method=gptq", "group_size=32", "act_order=true", "save_format=compressed-tensors"),
      "save_format=compressed-tensors cannot hold act-order with dynamic groups"),
@@ -231,8 +235,22 @@ def test_a_plan_that_splits_a_fused_layer_is_refused_before_quantizing(tiny_cfg,
      "cannot pack 3-bit codes of intermediate size=112"),
 ])
 def test_bad_export_input_gets_one_line_before_loading(overrides, message, tiny_cfg):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as err:
         plan(tiny_cfg("task=[wikitext2]", "save=true", "save_format=gptq", *overrides))
+    assert "\n" not in str(err.value)
+
+
+def test_a_grid_with_an_input_scale_is_not_exported():
+    """Behind the plan-time refusal: the codes of a layer that keeps an activation scale are never written."""
+    from harness.export.common import layer_codes
+    from harness.quantize.primitives import Grid, QuantSpec, rtn
+
+    lin = torch.nn.Linear(64, 8, bias=False)
+    qw = rtn(lin.weight.data, QuantSpec(4))
+    lin.weight.data = qw.Q
+    assert layer_codes("l", lin, Grid(qw.scale, qw.zero), 4, -1, False).codes.shape == (8, 64)
+    with pytest.raises(ConfigError, match="l keeps a per-input-channel activation scale"):
+        layer_codes("l", lin, Grid(qw.scale, qw.zero, input_scale=torch.ones(64)), 4, -1, False)
 
 
 def _corrupt(folder: Path, what: str) -> None:

@@ -99,6 +99,44 @@ def test_weights_off_the_grid_are_refused():
                           qw.Q.t(), atol=1e-3)
 
 
+def test_an_input_scale_is_stored_divided_out_and_checked():
+    """AWQ's layer: the grid holds W·diag(s), the packed layer computes (x / s) Ŵᵀ and stores s (2·K bytes)."""
+    torch.manual_seed(0)
+    W, s = torch.randn(8, 64), (0.2 + 3 * torch.rand(64)).half().float()  # s (64,): fp16 values
+    qw = rtn(W * s, QuantSpec(4, 16))
+    lin = torch.nn.Linear(64, 8)
+    lin.weight.data = qw.Q / s  # the fake-quant weights
+    ql = QuantLinear.from_linear(lin, Grid(qw.scale, qw.zero, input_scale=s), 4, 16, "l")
+    assert ql.input_scale.dtype == torch.float16 and torch.equal(ql.input_scale.float(), s)
+    assert ql.packed_bytes() == 64 // 8 * 8 * 4 + 2 * (4 * 8 * 2) + 2 * 64  # codes, scales + zeros, s
+    x = torch.randn(5, 64)
+    assert (ql(x) - lin(x)).abs().max() < 1e-3 * lin(x).abs().max()
+    no_s = QuantLinear.from_linear(lin, Grid(qw.scale, qw.zero, input_scale=s), 4, 16, "l")
+    no_s.input_scale.fill_(1)  # the control: the same codes without the division are far off
+    assert (no_s(x) - lin(x)).abs().max() > 0.1 * lin(x).abs().max()
+    lin.weight.data = qw.Q  # on the grid, but W·diag(s) is not
+    with pytest.raises(ValueError, match="not on the method's 4-bit grid"):
+        QuantLinear.from_linear(lin, Grid(qw.scale, qw.zero, input_scale=s), 4, 16, "l")
+    with pytest.raises(ValueError, match="positive and finite"):
+        QuantLinear.from_linear(lin, Grid(qw.scale, qw.zero, input_scale=torch.zeros(64)), 4, 16, "l")
+    with pytest.raises(ValueError, match="positive and finite"):
+        QuantLinear.from_linear(lin, Grid(qw.scale, qw.zero, input_scale=torch.full((64,), 1e6)), 4, 16, "l")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_the_input_scale_division_rounds_once_to_the_inputs_dtype(dtype, monkeypatch):
+    """What reaches the matmul op is x / s correctly rounded to x's dtype (the docstring's rounding)."""
+    torch.manual_seed(0)
+    ql = QuantLinear(64, 8, 4, -1, dtype=dtype, input_scale=True)
+    ql.input_scale.copy_((0.2 + 3 * torch.rand(64)).half())
+    x = torch.randn(3, 64).to(dtype)
+    seen = {}
+    monkeypatch.setattr("harness.packed.qlinear.quant_matmul",
+                        lambda xs, *a: seen.setdefault("x", xs).new_zeros(*xs.shape[:-1], 8))
+    ql(x)
+    assert seen["x"].dtype == dtype and torch.equal(seen["x"], (x.double() / ql.input_scale.double()).to(dtype))
+
+
 @pytest.mark.slow
 def test_pack_save_and_load_give_identical_logits(tiny_cfg, tmp_path):
     rec = execute(tiny_cfg("method=rtn", "bits=4", "group_size=32", "save=true", "task=[wikitext2]"))

@@ -5,10 +5,10 @@ One module per format: ``gptq`` (vLLM, SGLang, transformers through GPTQModel) a
 packed layout (``harness.packed.checkpoint``, ``save_format=packed``) stays the default.
 
 ``check_export`` refuses before the model is loaded what a format cannot hold (widths, bit widths, a method
-whose layers are not one uniform grid, MoE experts); ``plan_check`` refuses, once the bit plan is known and
-before any layer is quantized, a plan that gives the shards of one fused layer (q/k/v, gate/up) different
-grids, which vLLM and SGLang cannot load. ``export`` writes the folder from the fake-quant model and the
-methods' grids (before packing replaces the layers).
+whose layers are not one uniform grid or keep a per-input-channel activation scale, MoE experts); ``plan_check``
+refuses, once the bit plan is known and before any layer is quantized, a plan that gives the shards of one fused
+layer (q/k/v, gate/up) different grids, which vLLM and SGLang cannot load. ``export`` writes the folder from the
+fake-quant model and the methods' grids (before packing replaces the layers).
 """
 from __future__ import annotations
 

@@ -60,7 +60,11 @@ class LayerCodes:
 
 
 def layer_codes(name: str, linear: nn.Linear, grid: Grid, bits: int, group_size: int, sym: bool) -> LayerCodes:
-    """The integer codes of a fake-quantized ``linear`` on ``grid`` (one clear error if it is not on it)."""
+    """The integer codes of a fake-quantized ``linear`` on ``grid`` (one clear error if it is not on it, or if
+    the grid has a per-input-channel activation scale, which the formats cannot hold)."""
+    if grid.input_scale is not None:
+        raise ConfigError(f"save: {name} keeps a per-input-channel activation scale (Grid.input_scale), which the "
+                          f"export formats cannot hold; use save_format=packed")
     W = linear.weight.data.float().cpu()  # (N, K)
     N, K = W.shape
     G = grid.scale.shape[1]

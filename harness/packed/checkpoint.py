@@ -8,8 +8,9 @@ A checkpoint folder holds
   ``save_pretrained``: transformers renames some families' keys on save (Mixtral: ``.mlp.`` →
   ``.block_sparse_moe.``), and the bit map names the module paths the harness quantized;
 - ``quantization.json``: format name and version, the packing layout, the per-layer bit map
-  (bits, group size) for every packed layer, the method and the run that made it, and the SHA-256
-  of ``model.safetensors``.
+  (bits, group size, and ``input_scale: true`` for a layer that keeps a per-input-channel activation scale,
+  AWQ's: its ``input_scale`` fp16 (K,) tensor is then in ``model.safetensors``) for every packed layer, the
+  method and the run that made it, and the SHA-256 of ``model.safetensors``.
 
 ``load_packed`` rebuilds the architecture from ``config.json``, puts a ``QuantLinear`` of the
 recorded bits at every layer of the bit map and loads the tensors strictly: a missing or extra
@@ -36,10 +37,12 @@ from harness.util import atomic_output, file_sha256
 log = logging.getLogger(__name__)
 
 FORMAT = "quant-harness-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the bit map's optional ``input_scale``
+READ_VERSIONS = (1, 2)  # a version-1 checkpoint is a version-2 one without input scales
 QUANT_FILE = "quantization.json"
 WEIGHTS_FILE = "model.safetensors"
-LAYOUT = "qweight int32 (K/P, N), P=32/bits, code k at bits (k%P)*bits of word k//P; scales, zeros fp16 (G, N)"
+LAYOUT = ("qweight int32 (K/P, N), P=32/bits, code k at bits (k%P)*bits of word k//P; scales, zeros fp16 (G, N); "
+          "input_scale fp16 (K,) where the bit map says so: y = (x / input_scale) W^T")
 
 
 def is_packed_checkpoint(folder: str | os.PathLike | None) -> bool:
@@ -51,7 +54,8 @@ def save_packed(model: nn.Module, tokenizer: Any, folder: Path, meta: dict[str, 
 
     ``meta`` (method, run id, ...) is stored in ``quantization.json``. Returns sizes for the record.
     """
-    bit_map = {name: {"bits": m.bits, "group_size": m.group_size}
+    bit_map = {name: {"bits": m.bits, "group_size": m.group_size, **({"input_scale": True} if m.input_scale is not None
+                                                                      else {})}
                for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not bit_map:
         raise ConfigError("save=true needs a packed model (no QuantLinear layers found)")
@@ -89,9 +93,9 @@ def read_quant_config(folder: Path) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {folder}: cannot read {QUANT_FILE} ({err})") from None
     if quant.get("format") != FORMAT:
         raise ConfigError(f"checkpoint {folder}: {QUANT_FILE} is not a {FORMAT} file (format={quant.get('format')!r})")
-    if quant.get("format_version") != FORMAT_VERSION:
+    if quant.get("format_version") not in READ_VERSIONS:
         raise ConfigError(f"checkpoint {folder}: format version {quant.get('format_version')} is not supported "
-                          f"(this harness reads version {FORMAT_VERSION})")
+                          f"(this harness reads versions {', '.join(map(str, READ_VERSIONS))})")
     if not isinstance(quant.get("bit_map"), dict) or not quant["bit_map"]:
         raise ConfigError(f"checkpoint {folder}: {QUANT_FILE} has no bit_map")
     return quant

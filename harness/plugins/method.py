@@ -160,8 +160,9 @@ class Method(ABC):
         return None
 
     def export_refusal(self) -> str | None:
-        """Why this configuration's result is not one uniform integer grid per layer, which the export formats
-        (GPTQ, compressed-tensors: ``harness.export``) store; None when it is (any of 2/3/4/8 bits)."""
+        """Why the export formats (GPTQ, compressed-tensors: ``harness.export``) cannot hold this configuration's
+        result, which they store as one uniform integer grid per layer and nothing else (not, e.g., AWQ's
+        per-input-channel activation scales); None when they can (any of 2/3/4/8 bits)."""
         if not self.quantizes:
             return f"method={self.name} leaves the model as is (nothing to export)"
         return None

@@ -114,12 +114,17 @@ class Grid:
 
     ``scale``, ``zero``: (d_out, G), group ``j`` covering input columns ``j·g … (j+1)·g − 1``;
     ``g_idx``: (d_in,) group of each input column when that is not ``k // g`` (GPTQ act-order with
-    dynamic groups), else None.
+    dynamic groups), else None;
+    ``input_scale``: (d_in,) a per-input-channel activation scale ``s`` (AWQ's, not folded into the preceding
+    layer), else None. With it, the weights on the grid are ``W·diag(s)`` (``W`` the layer's fake-quant
+    weights, (d_out, d_in)) and the layer computes ``(x / s) (W·diag(s))ᵀ``; ``s`` is stored in fp16, so a
+    method returning it uses fp16-representable values (its fake-quant weights are then exactly ``Q / s``).
     """
 
     scale: torch.Tensor
     zero: torch.Tensor
     g_idx: torch.Tensor | None = None
+    input_scale: torch.Tensor | None = None
 
 
 def rtn(W: torch.Tensor, spec: QuantSpec, layer: str = "") -> QuantizedWeight:
