@@ -335,7 +335,7 @@ def check_gptqmodel_default(model, loaded, ids: torch.Tensor, ref32: tuple[torch
     assert quantized
     for name, q in quantized:
         mine = dequantize_packed(q.qweight, q.scales, q.zeros, q.bits, q.group_size).half()  # (N, K)
-        theirs = modules[name].dequantize_weight().half()  # (N, K), as nn.Linear's weight
+        theirs = modules[name].dequantize_weight().t().half()  # GPTQ layout (K, N) → (N, K)
         assert torch.equal(theirs, mine), f"{name}: max |ΔW| {(theirs.float() - mine.float()).abs().max():.3g}"
     (l32, p32), (l16, _) = ref32, logits_and_ppl(model.half(), ids)
     lg, pg = logits_and_ppl(loaded, ids)
