@@ -30,14 +30,20 @@ print(json.dumps([[r.bits, r.group, r.instr_per_weight, r.spill_instructions, r.
 """
 
 
-@pytest.fixture(scope="module")
-def gemv_rows():
+def run_script(script: str, *args: str):
+    """Run ``script`` (which compiles kernels: never under the interpreter) in a fresh Python at the repository
+    root and return the JSON of its last output line."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO)
-    res = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def gemv_rows():
+    out = run_script(SCRIPT)
     assert out != "no ptxas", "benchmarks/kernel_sass.py finds no ptxas where tests/conftest.py found one"
     return out
 
@@ -79,12 +85,7 @@ def test_split_k_counter_atomics_are_not_warp_aggregated():
     thread: one ``red.max`` (epoch), one ``atom.add`` (arrival), one ``atom.exch`` (reset), and none of the vote,
     redux, popc, shfl and flo of ptxas's warp aggregation, which it adds where it cannot see the predicate as one
     lane (Triton 3.6's scalar atomics: about 15 instructions in every CTA, issue 26)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
-    res = subprocess.run([sys.executable, "-c", ARRIVE_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    counts = json.loads(res.stdout.strip().splitlines()[-1])
+    counts = run_script(ARRIVE_SCRIPT)
     assert counts == {"VOTEU": 0, "REDUX": 0, "POPC": 0, "SHFL": 0, "FLO": 0, "REDG": 1, "ATOMG": 2}, counts
 
 
@@ -107,12 +108,7 @@ print(json.dumps([[r.bits, r.group, m.N, m.K, m.split_k, m.ctas, m.warps_per_sm,
 
 
 def _model_script(*args):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
-    res = subprocess.run([sys.executable, "-c", MODEL_SCRIPT, *args], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return run_script(MODEL_SCRIPT, *args)
 
 
 def test_model_by_hand():
@@ -170,12 +166,7 @@ print(json.dumps(out))
 
 
 def test_tensor_core_gemm_within_target_at_m16():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
-    res = subprocess.run([sys.executable, "-c", TC_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = json.loads(res.stdout.strip().splitlines()[-1])
+    rows = run_script(TC_SCRIPT)
     assert len(rows) == 4
     for bits, group, ipw, spills, stack, mma in rows:
         assert ipw <= TC_TARGET, f"gemm_tc {bits}-bit g{group}: {ipw:.2f} instructions per weight > {TC_TARGET}"
